@@ -1,0 +1,32 @@
+"""`biomedica <pipeline> [flags]`: one subcommand per pipeline.
+
+Flags a pipeline does not know go to Beam's PipelineOptions (--runner, --project, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+PIPELINES = {
+    "extract": (
+        "pipelines.extract",
+        "PMC source -> figure samples (Parquet), dead letters, report",
+    ),
+    "sample": ("pipelines.sample", "write a generated sample corpus in the PMC Cloud layout"),
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PIPELINES:
+        print("usage: biomedica <pipeline> [flags]\n\npipelines:")
+        for name, (_, text) in PIPELINES.items():
+            print(f"  {name:<10} {text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(PIPELINES[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

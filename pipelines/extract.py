@@ -1,0 +1,141 @@
+"""`biomedica extract`: discover + extract + dedupe, from a PMC source to Parquet.
+
+    biomedica extract --source s3://pmc-oa-opendata --output gs://bucket/run [beam flags]
+
+Writes under --output: extract/articles/*.parquet, extract/figures/*.parquet (one row per
+figure sample), extract/duplicates/*.parquet, dead_letter/*.jsonl and run_report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from pipelines.runner import make_pipeline, prepare_output
+from transforms import report, storage
+from transforms.dedupe import Dedupe
+from transforms.discover import Discover
+from transforms.extract import FIGURE_ROWS, ExtractArticles
+from transforms.outcomes import DEAD, FILTERED, LISTED
+from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
+from transforms.sinks import WriteDeadLetters, WriteTable
+
+REPORT = "run_report.json"
+OUTPUT_DIRS = ["extract", "dead_letter"]
+
+
+class ExtractOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        Discover.add_arguments(parser)
+        ExtractArticles.add_arguments(parser)
+        Dedupe.add_arguments(parser)
+        parser.add_argument("--output", help="output folder: a local path or gs:// / s3:// URI")
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace a previous run in --output"
+        )
+
+
+def _source_required(options: ExtractOptions) -> None:
+    missing = [flag for flag in ("source", "output") if not getattr(options, flag)]
+    if missing:
+        raise SystemExit("biomedica extract: missing " + ", ".join(f"--{m}" for m in missing))
+
+
+def build(p: beam.Pipeline, options: ExtractOptions) -> None:
+    """Wire the stages; every transform below owns its flags and its checks."""
+    discover = Discover.from_args(options)
+    extract = ExtractArticles.from_args(options, discover.s3, discover.selection)
+    dedupe = Dedupe.from_args(options)
+    out = options.output
+
+    found = p | "Discover" >> discover
+    extracted = found["refs"] | "ExtractStage" >> extract
+    deduped = extracted[FIGURE_ROWS] | "Dedupe" >> dedupe
+
+    extracted["articles"] | "WriteArticles" >> WriteTable(
+        storage.join(out, "extract", "articles"), ARTICLE_SCHEMA
+    )
+    deduped["figures"] | "WriteFigures" >> WriteTable(
+        storage.join(out, "extract", "figures"), FIGURE_SCHEMA, batch_rows=64
+    )
+    deduped["duplicates"] | "WriteDuplicates" >> WriteTable(
+        storage.join(out, "extract", "duplicates"), DUPLICATE_SCHEMA
+    )
+    dead_letters = (found[DEAD], extracted[DEAD]) | "AllDead" >> beam.Flatten()
+    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(out, "dead_letter"))
+
+    counts = (
+        found[LISTED] | "DiscoverIn" >> report.ones("discover.in"),
+        found["refs"] | "DiscoverOut" >> report.ones("discover.out"),
+        extracted[LISTED] | "ArticlesIn" >> beam.Map(lambda stage: (f"{stage}.in", 1)),
+        extracted["articles"] | "ArticlesOut" >> report.ones("extract_articles.out"),
+        extracted["articles"]
+        | "FiguresIn" >> beam.Map(lambda a: ("extract_figures.in", a.article_figure_count)),
+        extracted[FIGURE_ROWS] | "FiguresOut" >> report.ones("extract_figures.out"),
+        extracted[FIGURE_ROWS] | "DedupeIn" >> report.ones("dedupe.in"),
+        deduped["figures"] | "DedupeOut" >> report.ones("dedupe.out"),
+        deduped["duplicates"] | "DedupeDropped" >> report.ones("dedupe.duplicates"),
+        deduped["duplicates"]
+        | "DedupeKinds" >> beam.Map(lambda d: (f"dedupe.duplicates_by_kind.{d.kind}", 1)),
+        dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
+        (found[FILTERED], extracted[FILTERED])
+        | "AllFiltered" >> beam.Flatten()
+        | "FilteredCounts" >> beam.FlatMap(report.filtered_counts),
+    )
+    header = {
+        "pipeline": "extract",
+        "source": options.source,
+        "layout": discover.layout,
+        "output": out,
+        "parameters": {
+            "license_groups": list(discover.selection.license_groups),
+            "include_retracted": discover.selection.include_retracted,
+            "include_non_oa": discover.selection.include_non_oa,
+            "modified_since": discover.selection.modified_since,
+            "modified_before": discover.selection.modified_before,
+            "pmcids": len(discover.selection.pmcids),
+            "all_versions": discover.all_versions,
+            "inventory": discover.inventory,
+            "min_side": extract.limits.min_side,
+            "max_pixels": extract.limits.max_pixels,
+            "near_duplicate_threshold": dedupe.threshold,
+        },
+    }
+    (
+        counts
+        | "AllCounts" >> beam.Flatten()
+        | "RunReport" >> report.WriteRunReport(storage.join(out, REPORT), header)
+    )
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Run the extract pipeline; returns the run report (also printed)."""
+    options = PipelineOptions(argv)
+    extract_options = options.view_as(ExtractOptions)
+    _source_required(extract_options)
+    options.view_as(SetupOptions).save_main_session = False
+    prepare_output(extract_options.output, REPORT, extract_options.overwrite, OUTPUT_DIRS)
+    started = time.time()
+    p = make_pipeline(options, test_pipeline)
+    build(p, extract_options)
+    p.run().wait_until_finish()
+    result = report.read_report(storage.join(extract_options.output, REPORT))
+    result["wall_seconds"] = round(time.time() - started, 2)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def main(argv=None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)
+    result = run(sys.argv[1:] if argv is None else argv)
+    return 0 if result.get("balanced") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

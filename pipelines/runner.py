@@ -1,0 +1,45 @@
+"""What every pipeline entry point shares: a runner that needs no download, output checks."""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms import storage
+
+
+def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
+    """The injected test pipeline, the runner named by --runner, or the in-process runner.
+
+    Beam's DirectRunner first tries to download the Prism runner; without --runner we go
+    straight to the in-process FnApiRunner that the DirectRunner falls back to, which honours
+    --direct_running_mode and --direct_num_workers.
+    """
+    if test_pipeline is not None:
+        return test_pipeline
+    if options.view_as(StandardOptions).runner:
+        return beam.Pipeline(options=options)
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+
+def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]) -> None:
+    """Refuse to mix two runs in one output unless asked; with --overwrite, clear the old one."""
+    marker_uri = storage.join(output, marker)
+    if not storage.exists(marker_uri):
+        return
+    if not overwrite:
+        raise SystemExit(
+            f"{output} already holds a run ({marker} exists); pass --overwrite to replace it"
+        )
+    from apache_beam.io.filesystems import FileSystems
+
+    for sub in subdirs:
+        uri = storage.join(output, sub)
+        if FileSystems.exists(uri):
+            FileSystems.delete([uri])
+    FileSystems.delete([marker_uri])
+    logging.info("cleared the previous run in %s", output)

@@ -1,0 +1,533 @@
+"""Discover stage: list the article versions of a source, select the ones a run wants.
+
+Sources (DESIGN.md §2): the PMC Cloud layout (S3 bucket, mirror, local or gs:// copy) from
+its metadata listing or its S3 inventory; legacy oa_package tar.gz files joined with an
+oa_file_list.csv; oa_bulk XML packages with their *.filelist.csv; and a plain folder of
+article folders. Each emits ArticleRefs, plus dead letters and filter reasons as data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+
+from transforms import legacy, pmc_cloud, storage
+from transforms.media import IMAGE_EXTENSIONS
+from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
+from transforms.records import ArticleRef
+from transforms.selection import Selection
+
+STAGE = "discover"
+LAYOUTS = ("auto", "pmc-cloud", "oa-package", "oa-bulk", "folder")
+_BULK_NAME = re.compile(r"oa_\w+_xml\.", re.I)
+
+
+def detect_layout(source: str, s3: storage.S3Config) -> str:
+    """Name the layout of a source from a few listed names (the launcher does this once)."""
+    if source.endswith((".tar.gz", ".tgz")) or any(c in source for c in "*?["):
+        return "oa-bulk" if _BULK_NAME.search(posixpath.basename(source)) else "oa-package"
+    for info in _first(storage.list_prefix(storage.join(source, "metadata/"), s3), 1):
+        if info.uri.endswith(".json"):
+            return "pmc-cloud"
+    for info in _first(storage.list_prefix(source, s3), 2000):
+        name = posixpath.basename(info.uri)
+        if name.endswith((".tar.gz", ".tgz")):
+            return "oa-bulk" if _BULK_NAME.search(name) else "oa-package"
+    return "folder"
+
+
+def _first(iterator, n):
+    for i, item in enumerate(iterator):
+        if i >= n:
+            return
+        yield item
+
+
+def package_uris(source: str, s3: storage.S3Config) -> list[storage.FileInfo]:
+    if source.endswith((".tar.gz", ".tgz")) or any(c in source for c in "*?["):
+        return storage.glob(source, s3)
+    return [f for f in storage.list_prefix(source, s3) if f.uri.endswith((".tar.gz", ".tgz"))]
+
+
+# ---- PMC Cloud ------------------------------------------------------------------------
+
+
+class _ListMetadata(beam.DoFn):
+    """(pmcid, (version, metadata URI, last modified)) for each metadata JSON of a root."""
+
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def process(self, root):
+        for info in storage.list_prefix(storage.join(root, pmc_cloud.METADATA_PREFIX), self.s3):
+            yield from _version_entry(info.uri, info.last_modified)
+
+
+def _version_entry(uri: str, last_modified: str):
+    yield listed(STAGE)
+    parsed = pmc_cloud.parse_version_key(uri)
+    if parsed is None:
+        yield dead(
+            STAGE,
+            posixpath.basename(uri),
+            "listing_unrecognized_key",
+            "not metadata/PMC<id>.<version>.json",
+            uri,
+        )
+        return
+    pmcid, version = parsed
+    yield pmcid, (version, uri, last_modified)
+
+
+class _InventoryDataFiles(beam.DoFn):
+    def __init__(self, root, s3):
+        self.root, self.s3 = root, s3
+
+    def process(self, manifest_uri):
+        data = storage.read_bytes(manifest_uri, self.s3)
+        keys, columns = pmc_cloud.manifest_data_files(data)
+        for key in keys:
+            yield storage.join(self.root, key), columns
+
+
+class _InventoryEntries(beam.DoFn):
+    def __init__(self, root, s3):
+        self.root, self.s3 = root, s3
+
+    def process(self, item):
+        uri, columns = item
+        for entry in pmc_cloud.inventory_entries(storage.read_bytes(uri, self.s3), columns):
+            if entry.key.startswith(pmc_cloud.METADATA_PREFIX):
+                yield from _version_entry(storage.join(self.root, entry.key), entry.last_modified)
+
+
+class _SelectVersions(beam.DoFn):
+    """Latest version per article (unless all are wanted), inside the date window."""
+
+    def __init__(self, selection: Selection, all_versions: bool):
+        self.selection, self.all_versions = selection, all_versions
+
+    def process(self, element):
+        pmcid, versions = element
+        versions = sorted(versions)
+        for version, uri, modified in versions:
+            if not self.all_versions and version != versions[-1][0]:
+                yield filtered(STAGE, "superseded_version")
+                continue
+            reason = self.selection.date_reason(modified)
+            if reason:
+                yield filtered(STAGE, reason)
+                continue
+            yield uri, modified
+
+
+class _ReadMetadata(beam.DoFn):
+    def __init__(self, root, s3, selection: Selection):
+        self.root, self.s3, self.selection = root, s3, selection
+
+    def process(self, item):
+        uri, modified = item
+        key = posixpath.basename(uri)
+        try:
+            meta = pmc_cloud.parse_metadata(
+                storage.read_bytes(uri, self.s3, 16 << 20), self.root, uri, modified
+            )
+        except storage.StorageError as err:
+            yield dead(STAGE, key, "metadata_unreadable", str(err), uri)
+            return
+        except pmc_cloud.MetadataError as err:
+            yield dead(STAGE, key, err.reason, err.detail, uri)
+            return
+        expected = pmc_cloud.parse_version_key(uri)
+        if expected and expected != (meta.ref.pmcid, meta.ref.version):
+            yield dead(
+                STAGE,
+                key,
+                "metadata_key_mismatch",
+                f"file says {meta.ref.pmcid}.{meta.ref.version}",
+                uri,
+            )
+            return
+        reason = self.selection.reason(meta.ref, meta.is_open_access)
+        if reason:
+            yield filtered(STAGE, reason)
+            return
+        yield meta.ref
+
+
+# ---- legacy packages, bulk packages and folders -----------------------------------------
+
+
+class _ListPackages(beam.DoFn):
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def process(self, source):
+        for info in package_uris(source, self.s3):
+            yield listed(STAGE)
+            pmcid = legacy.pmcid_from_path(info.uri)
+            if not pmcid:
+                yield dead(
+                    STAGE,
+                    posixpath.basename(info.uri),
+                    "package_name_unrecognized",
+                    "package file name holds no PMC id",
+                    info.uri,
+                )
+                continue
+            yield pmcid, info
+
+
+class _ReadFileList(beam.DoFn):
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def process(self, uri):
+        for row in legacy.parse_file_list(storage.read_bytes(uri, self.s3)):
+            yield row.accession, row
+
+
+class _JoinPackages(beam.DoFn):
+    def __init__(self, selection: Selection):
+        self.selection = selection
+
+    def process(self, element):
+        pmcid, grouped = element
+        rows = list(grouped["rows"])
+        row = rows[-1] if rows else None
+        for info in sorted(grouped["packages"], key=lambda i: i.uri):
+            ref = ArticleRef(
+                pmcid=pmcid,
+                version=None,
+                source_kind="oa-package",
+                location=info.uri,
+                pmid=row.pmid if row else "",
+                citation=row.citation if row else "",
+                license_code=row.license_code if row else "",
+                retracted=row.retracted if row else False,
+                last_modified=_file_list_time(row.last_updated) if row else info.last_modified,
+            )
+            reason = self.selection.reason(ref)
+            if reason:
+                yield filtered(STAGE, reason)
+            else:
+                yield ref
+
+
+def _file_list_time(value: str) -> str:
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})", value.strip())
+    return f"{match.group(1)}T{match.group(2)}Z" if match else ""
+
+
+class _ReadBulkPackage(beam.DoFn):
+    """Every XML of one oa_bulk package, joined with the package's own file list."""
+
+    def __init__(self, s3, selection: Selection):
+        self.s3, self.selection = s3, selection
+
+    def process(self, uri):
+        rows = {}
+        list_uri = re.sub(r"\.tar\.gz$|\.tgz$", ".filelist.csv", uri)
+        if list_uri != uri and storage.exists(list_uri, self.s3):
+            rows = {
+                r.accession: r
+                for r in legacy.parse_file_list(storage.read_bytes(list_uri, self.s3))
+            }
+        try:
+            stream = storage.open_stream(uri, self.s3)
+        except storage.StorageError as err:
+            yield listed(STAGE)
+            yield dead(STAGE, posixpath.basename(uri), "archive_unreadable", str(err), uri)
+            return
+        with stream:
+            for member, xml, error in legacy.iter_bulk_xml(stream):
+                yield listed(STAGE)
+                where = f"{uri}::{member}" if member else uri
+                if error:
+                    key = posixpath.basename(member or uri)
+                    yield dead(STAGE, key, error.split(":")[0], error, where)
+                    continue
+                pmcid = legacy.pmcid_from_path(member)
+                if not pmcid:
+                    yield dead(
+                        STAGE,
+                        posixpath.basename(member),
+                        "member_name_unrecognized",
+                        "bulk member name holds no PMC id",
+                        where,
+                    )
+                    continue
+                row = rows.get(pmcid)
+                ref = ArticleRef(
+                    pmcid=pmcid,
+                    version=None,
+                    source_kind="oa-bulk",
+                    location=uri,
+                    xml_name=member,
+                    xml=xml,
+                    pmid=row.pmid if row else "",
+                    citation=row.citation if row else "",
+                    license_code=row.license_code if row else "",
+                    retracted=row.retracted if row else False,
+                    last_modified=_file_list_time(row.last_updated) if row else "",
+                )
+                reason = self.selection.reason(ref)
+                if reason:
+                    yield filtered(STAGE, reason)
+                else:
+                    yield ref
+
+
+class _ListFolders(beam.DoFn):
+    """One ref per article folder: a folder holding an XML file and its images."""
+
+    def __init__(self, s3, selection: Selection):
+        self.s3, self.selection = s3, selection
+
+    def process(self, root):
+        folders: dict[str, list[storage.FileInfo]] = {}
+        for info in storage.list_prefix(root, self.s3):
+            folders.setdefault(posixpath.dirname(info.uri), []).append(info)
+        for folder in sorted(folders):
+            files = folders[folder]
+            names = [posixpath.basename(f.uri) for f in files]
+            xmls = sorted(n for n in names if n.lower().endswith(legacy.XML_EXTENSIONS))
+            media = tuple(sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)))
+            if not xmls and not media:
+                continue  # not an article folder (e.g. the root holding only subfolders)
+            yield listed(STAGE)
+            name = posixpath.basename(folder)
+            if not xmls:
+                yield dead(
+                    STAGE, name, "xml_missing", "article folder holds images but no XML", folder
+                )
+                continue
+            match = re.search(r"PMC\d+", name) or re.search(r"PMC\d+", xmls[0])
+            ref = ArticleRef(
+                pmcid=match.group() if match else "",
+                version=None,
+                source_kind="folder",
+                location=folder,
+                xml_name=xmls[0],
+                media=media,
+                last_modified=max(f.last_modified for f in files),
+            )
+            reason = (
+                self.selection.reason(ref)
+                if ref.pmcid
+                else self.selection.date_reason(ref.last_modified)
+            )
+            if reason:
+                yield filtered(STAGE, reason)
+            else:
+                yield ref
+
+
+# ---- the stage ----------------------------------------------------------------------------
+
+
+@dataclass
+class Discover(beam.PTransform):
+    """List and select article versions; outputs refs, dead letters, filter reasons, counts."""
+
+    source: str
+    layout: str = "auto"
+    file_list: str = ""
+    inventory: str = ""  # "" (list metadata/), "latest", or a manifest.json URI
+    selection: Selection = field(default_factory=Selection)
+    all_versions: bool = False
+    s3: storage.S3Config = field(default_factory=storage.S3Config)
+
+    def __post_init__(self):
+        super().__init__()
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {LAYOUTS}")
+        if self.inventory and self.layout not in ("auto", "pmc-cloud"):
+            raise ValueError("--inventory applies to the pmc-cloud layout only")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("discover")
+        group.add_argument(
+            "--source",
+            required=True,
+            help="s3://bucket[/prefix], gs://..., a local path, or a glob of tar.gz",
+        )
+        group.add_argument("--layout", default="auto", choices=LAYOUTS)
+        group.add_argument(
+            "--file_list", default="", help="oa_file_list.csv for oa-package sources"
+        )
+        group.add_argument(
+            "--inventory",
+            default="",
+            help="read the PMC Cloud S3 inventory: 'latest' or a manifest.json URI",
+        )
+        group.add_argument(
+            "--license_groups",
+            default="",
+            help="comma list of commercial,noncommercial,other (default: all)",
+        )
+        group.add_argument("--include_retracted", action="store_true")
+        group.add_argument("--include_non_oa", action="store_true")
+        group.add_argument("--modified_since", default="", help="ISO date/time, inclusive")
+        group.add_argument("--modified_before", default="", help="ISO date/time, exclusive")
+        group.add_argument(
+            "--pmcids", default="", help="comma list of PMC ids, or @file with one a line"
+        )
+        group.add_argument(
+            "--all_versions",
+            action="store_true",
+            help="every version of an article, not only the latest",
+        )
+        # --s3_endpoint_url (mirrors, local servers) is Beam's own S3Options flag.
+        group.add_argument("--s3_anonymous", default="auto", choices=("auto", "true", "false"))
+
+    @classmethod
+    def from_args(cls, args) -> Discover:
+        s3 = s3_config(args)
+        pmcids = _read_pmcids(args.pmcids, s3)
+        selection = Selection(
+            license_groups=tuple(g.strip() for g in args.license_groups.split(",") if g.strip()),
+            include_retracted=args.include_retracted,
+            include_non_oa=args.include_non_oa,
+            modified_since=args.modified_since,
+            modified_before=args.modified_before,
+            pmcids=frozenset(pmcids),
+        )
+        layout = args.layout
+        if layout == "auto":
+            layout = "pmc-cloud" if args.inventory else detect_layout(args.source, s3)
+        return cls(
+            source=args.source,
+            layout=layout,
+            file_list=args.file_list,
+            inventory=args.inventory,
+            selection=selection,
+            all_versions=args.all_versions,
+            s3=s3,
+        )
+
+    def expand(self, pbegin):
+        p = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
+        root = self.source.rstrip("/") if "://" in self.source else self.source
+        start = p | "Source" >> beam.Create([root])
+        tags = (DEAD, FILTERED, LISTED)
+        if self.layout == "pmc-cloud":
+            if self.inventory:
+                manifest = (
+                    pmc_cloud.latest_manifest(root, self.s3)
+                    if self.inventory == "latest"
+                    else self.inventory
+                )
+                entries = (
+                    p
+                    | "Manifest" >> beam.Create([manifest])
+                    | "DataFiles" >> beam.ParDo(_InventoryDataFiles(root, self.s3))
+                    | "SpreadDataFiles" >> beam.Reshuffle()
+                    | "ReadInventory"
+                    >> beam.ParDo(_InventoryEntries(root, self.s3)).with_outputs(
+                        *tags, main="versions"
+                    )
+                )
+            else:
+                entries = start | "ListMetadata" >> beam.ParDo(_ListMetadata(self.s3)).with_outputs(
+                    *tags, main="versions"
+                )
+            wanted = entries.versions | "RequestedIds" >> beam.Filter(_wanted, self.selection)
+            not_wanted = (
+                entries.versions
+                | "OtherIds" >> beam.Filter(lambda kv, s: not _wanted(kv, s), self.selection)
+                | "NotRequested" >> beam.Map(lambda _: (STAGE, "pmcid_not_requested"))
+            )
+            selected = (
+                wanted
+                | "ByArticle" >> beam.GroupByKey()
+                | "Versions"
+                >> beam.ParDo(_SelectVersions(self.selection, self.all_versions)).with_outputs(
+                    FILTERED, main="uris"
+                )
+            )
+            read = (
+                selected.uris
+                | "SpreadMetadata" >> beam.Reshuffle()
+                | "ReadMetadata"
+                >> beam.ParDo(_ReadMetadata(root, self.s3, self.selection)).with_outputs(
+                    DEAD, FILTERED, main="refs"
+                )
+            )
+            refs = read.refs
+            dead_letters = (entries[DEAD], read[DEAD])
+            filters = (not_wanted, selected[FILTERED], read[FILTERED])
+            listing = (entries[LISTED],)
+        elif self.layout == "oa-package":
+            packages = start | "ListPackages" >> beam.ParDo(_ListPackages(self.s3)).with_outputs(
+                *tags, main="packages"
+            )
+            rows = (
+                p
+                | "FileList" >> beam.Create([self.file_list] if self.file_list else [])
+                | "ReadFileList" >> beam.ParDo(_ReadFileList(self.s3))
+            )
+            joined = (
+                {"packages": packages.packages, "rows": rows}
+                | "JoinFileList" >> beam.CoGroupByKey()
+                | "OnlyPackages" >> beam.Filter(lambda kv: bool(list(kv[1]["packages"])))
+                | "Select"
+                >> beam.ParDo(_JoinPackages(self.selection)).with_outputs(FILTERED, main="refs")
+            )
+            refs = joined.refs
+            dead_letters = (packages[DEAD],)
+            filters = (packages[FILTERED], joined[FILTERED])
+            listing = (packages[LISTED],)
+        elif self.layout == "oa-bulk":
+            read = (
+                start
+                | "ListBulk"
+                >> beam.FlatMap(lambda s, s3: [f.uri for f in package_uris(s, s3)], self.s3)
+                | "SpreadPackages" >> beam.Reshuffle()
+                | "ReadBulk"
+                >> beam.ParDo(_ReadBulkPackage(self.s3, self.selection)).with_outputs(
+                    *tags, main="refs"
+                )
+            )
+            refs = read.refs
+            dead_letters, filters, listing = (read[DEAD],), (read[FILTERED],), (read[LISTED],)
+        else:
+            read = start | "ListFolders" >> beam.ParDo(
+                _ListFolders(self.s3, self.selection)
+            ).with_outputs(*tags, main="refs")
+            refs = read.refs
+            dead_letters, filters, listing = (read[DEAD],), (read[FILTERED],), (read[LISTED],)
+        return {
+            "refs": refs,
+            DEAD: dead_letters | "FlattenDead" >> beam.Flatten(pipeline=p),
+            FILTERED: filters | "FlattenFiltered" >> beam.Flatten(pipeline=p),
+            LISTED: listing | "FlattenListed" >> beam.Flatten(pipeline=p),
+        }
+
+
+def _wanted(kv, selection: Selection) -> bool:
+    return selection.wants_pmcid(kv[0])
+
+
+def s3_config(args) -> storage.S3Config:
+    anonymous = {"auto": None, "true": True, "false": False}[getattr(args, "s3_anonymous", "auto")]
+    if hasattr(args, "view_as"):
+        from apache_beam.options.pipeline_options import S3Options
+
+        endpoint = args.view_as(S3Options).s3_endpoint_url
+    else:
+        endpoint = getattr(args, "s3_endpoint_url", None)
+    return storage.S3Config(endpoint_url=endpoint or None, anonymous=anonymous)
+
+
+def _read_pmcids(value: str, s3: storage.S3Config) -> list[str]:
+    if not value:
+        return []
+    text = storage.read_bytes(value[1:], s3).decode() if value.startswith("@") else value
+    ids = [t.strip() for t in re.split(r"[,\s]+", text) if t.strip()]
+    return [t if t.upper().startswith("PMC") else f"PMC{t}" for t in ids]

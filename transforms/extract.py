@@ -1,0 +1,304 @@
+"""Extract stage: fetch each article, parse it, and turn every image into a figure sample.
+
+The DoFn is thin: fetching is `storage`/`legacy`, parsing is `jats`, href resolution is
+`media`, image checks are `images`. Outputs: Article records (main), figure rows (dicts in
+the FIGURE_SCHEMA layout), dead letters for articles and for figures, filter reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+
+from transforms import images, jats, legacy, storage
+from transforms.licenses import license_group, normalize_license
+from transforms.media import resolve
+from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
+from transforms.records import Article, ArticleRef, Figure, figure_row
+from transforms.selection import Selection
+
+ARTICLES = "extract_articles"
+FIGURES = "extract_figures"
+FIGURE_ROWS = "figures"
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _Bundle:
+    """An article's XML and a way to get each of its media files."""
+
+    xml: bytes
+    xml_source: str
+    media_names: list[str]
+    inline_media: dict[str, bytes] | None = None  # packages are read whole
+    media_root: str = ""
+    note: str = ""  # e.g. why a package ended early
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    min_side: int = images.MIN_SIDE
+    max_pixels: int = images.MAX_PIXELS
+    max_bytes: int = images.MAX_BYTES
+    max_xml_bytes: int = jats.DEFAULT_MAX_XML_BYTES
+
+
+class _ExtractArticle(beam.DoFn):
+    def __init__(
+        self, s3: storage.S3Config, selection: Selection, limits: ImageLimits, versioned_keys: bool
+    ):
+        self.s3 = s3
+        self.selection = selection
+        self.limits = limits
+        self.versioned_keys = versioned_keys
+
+    # -- fetching --------------------------------------------------------------------
+
+    def _fetch(self, ref: ArticleRef) -> _Bundle:
+        if ref.source_kind == "oa-bulk":
+            return _Bundle(ref.xml or b"", f"{ref.location}::{ref.xml_name}", [])
+        if ref.source_kind == "oa-package":
+            try:
+                with storage.open_stream(ref.location, self.s3) as stream:
+                    package = legacy.read_package(stream)
+            except storage.StorageError as err:
+                raise FetchError("archive_unreadable", str(err)) from None
+            except legacy.PackageError as err:
+                raise FetchError(err.reason, err.detail) from None
+            if package.xml is None:
+                why = (
+                    f"archive truncated ({package.truncated})"
+                    if package.truncated
+                    else "no XML member"
+                )
+                raise FetchError("archive_truncated" if package.truncated else "xml_missing", why)
+            note = f"archive truncated: {package.truncated}" if package.truncated else ""
+            return _Bundle(
+                package.xml,
+                f"{ref.location}::{package.xml_name}",
+                sorted(package.media),
+                inline_media=package.media,
+                note=note,
+            )
+        xml_uri = storage.join(ref.location, ref.xml_name)
+        try:
+            xml = storage.read_bytes(xml_uri, self.s3, self.limits.max_xml_bytes)
+        except storage.StorageError as err:
+            raise FetchError("xml_unreadable", str(err)) from None
+        names = list(ref.media)
+        if not names:
+            names = [posixpath.basename(f.uri) for f in storage.list_prefix(ref.location, self.s3)]
+        return _Bundle(xml, xml_uri, names, media_root=ref.location)
+
+    def _media(self, bundle: _Bundle, name: str) -> tuple[bytes, str]:
+        if bundle.inline_media is not None:
+            return bundle.inline_media[name], f"{bundle.xml_source.split('::')[0]}::{name}"
+        uri = storage.join(bundle.media_root, name)
+        return storage.read_bytes(uri, self.s3, self.limits.max_bytes), uri
+
+    # -- per article -------------------------------------------------------------------
+
+    def process(self, ref: ArticleRef):
+        yield listed(ARTICLES)
+        try:
+            bundle = self._fetch(ref)
+        except FetchError as err:
+            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, ref.location)
+            return
+        try:
+            parsed = jats.parse_articles(bundle.xml, self.limits.max_xml_bytes)
+        except jats.JatsError as err:
+            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, bundle.xml_source)
+            return
+        if ref.pmcid and len(parsed) > 1:
+            parsed = [p for p in parsed if p.article.article_accession_id == ref.pmcid] or parsed
+        for _ in parsed[1:]:
+            yield listed(ARTICLES)  # an <articles> wrapper: each article counts as one in
+        for item in parsed:
+            disagreement = _disagreement(ref, item.article)
+            if disagreement:
+                yield dead(
+                    ARTICLES, ref.key, "metadata_xml_mismatch", disagreement, bundle.xml_source
+                )
+                continue
+            article = _merge(ref, item.article, bundle)
+            reason = self.selection.license_reason(article.article_license)
+            if reason:
+                yield filtered(ARTICLES, reason)
+                continue
+            yield article
+            yield from self._figures(ref, article, item.graphics, bundle)
+
+    def _figures(self, ref: ArticleRef, article: Article, candidates, bundle: _Bundle):
+        prefix = article.article_accession_id or _fallback_prefix(ref)
+        version = ref.version if self.versioned_keys else None
+        for candidate in candidates:
+            key = jats.sample_key(prefix, candidate, version)
+            if ref.source_kind == "oa-bulk":
+                yield dead(
+                    FIGURES,
+                    key,
+                    "image_unavailable",
+                    "oa_bulk packages hold XML only",
+                    bundle.xml_source,
+                )
+                continue
+            name, why = resolve(candidate.href, bundle.media_names)
+            if name is None:
+                for fallback in candidate.fallback_hrefs:
+                    name, _ = resolve(fallback, bundle.media_names)
+                    if name:
+                        break
+            if name is None:
+                detail = f"{why}; {bundle.note}" if bundle.note else why
+                yield dead(FIGURES, key, "image_missing", detail, bundle.xml_source)
+                continue
+            try:
+                data, source = self._media(bundle, name)
+            except (storage.StorageError, KeyError) as err:
+                yield dead(
+                    FIGURES,
+                    key,
+                    "image_missing",
+                    f"{name}: {err}",
+                    bundle.media_root or bundle.xml_source,
+                )
+                continue
+            try:
+                checked = images.check_image(
+                    data, self.limits.min_side, self.limits.max_pixels, self.limits.max_bytes
+                )
+            except images.ImageRejected as err:
+                yield dead(FIGURES, key, err.reason, err.detail, source)
+                continue
+            figure = Figure(
+                key=key,
+                caption=candidate.caption,
+                image=checked.data,
+                image_file_name=name,
+                image_hash=checked.sha256,
+                image_phash=checked.phash,
+                image_size=[checked.width, checked.height],
+                image_width=checked.width,
+                image_height=checked.height,
+                image_format=checked.source_format,
+                image_mode=checked.source_mode,
+                image_converted=checked.converted,
+                image_bytes=len(checked.data),
+                image_source=source,
+                image_set=article.article_license_group,
+                image_context=candidate.context,
+                figure_id=candidate.figure_id,
+                figure_label=candidate.figure_label,
+                figure_type=candidate.figure_type,
+                graphic_index=candidate.graphic_index,
+                graphic_count=candidate.graphic_count,
+            )
+            yield beam.pvalue.TaggedOutput(FIGURE_ROWS, figure_row(figure, article))
+
+
+def _fallback_prefix(ref: ArticleRef) -> str:
+    base = posixpath.basename(ref.location.rstrip("/")).split("::")[0]
+    return jats.safe_key_part(re.sub(r"\.(tar\.gz|tgz)$", "", base))
+
+
+def _disagreement(ref: ArticleRef, article: Article) -> str:
+    """Why listing metadata and XML describe different articles ("" when they agree)."""
+    problems = []
+    if ref.pmcid and article.article_accession_id and ref.pmcid != article.article_accession_id:
+        problems.append(f"pmcid {ref.pmcid} in listing, {article.article_accession_id} in XML")
+    if ref.pmid and article.article_pmid and ref.pmid.strip() != article.article_pmid.strip():
+        problems.append(f"pmid {ref.pmid} in listing, {article.article_pmid} in XML")
+    if (
+        ref.doi
+        and article.article_doi
+        and ref.doi.strip().lower() != article.article_doi.strip().lower()
+    ):
+        problems.append(f"doi {ref.doi} in listing, {article.article_doi} in XML")
+    return "; ".join(problems)
+
+
+def _merge(ref: ArticleRef, article: Article, bundle: _Bundle) -> Article:
+    """Listing metadata wins where it is given: it is what PMC distributes the article under."""
+    article.article_accession_id = article.article_accession_id or ref.pmcid
+    article.article_version = ref.version
+    article.article_pmid = article.article_pmid or ref.pmid
+    article.article_doi = article.article_doi or ref.doi
+    if ref.citation:
+        article.article_citation = ref.citation
+    if ref.license_code:
+        article.article_license = normalize_license(ref.license_code)
+    article.article_license_group = license_group(article.article_license)
+    article.article_retracted = ref.retracted
+    article.source_kind = ref.source_kind
+    article.source_location = bundle.xml_source
+    if bundle.note:
+        article.article_parse_warnings = [*article.article_parse_warnings, bundle.note]
+    return article
+
+
+@dataclass
+class ExtractArticles(beam.PTransform):
+    """Refs in; articles, figure rows, dead letters, filter reasons and counts out."""
+
+    s3: storage.S3Config = field(default_factory=storage.S3Config)
+    selection: Selection = field(default_factory=Selection)
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    versioned_keys: bool = False
+
+    def __post_init__(self):
+        super().__init__()
+        if self.limits.min_side < 1 or self.limits.max_pixels < 1:
+            raise ValueError("--min_side and --max_pixels must be positive")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("extract")
+        group.add_argument(
+            "--min_side",
+            type=int,
+            default=images.MIN_SIDE,
+            help="smallest width or height kept, in pixels",
+        )
+        group.add_argument(
+            "--max_pixels",
+            type=int,
+            default=images.MAX_PIXELS,
+            help="decompression-bomb bound: larger images are refused unread",
+        )
+        group.add_argument("--max_image_bytes", type=int, default=images.MAX_BYTES)
+        group.add_argument("--max_xml_bytes", type=int, default=jats.DEFAULT_MAX_XML_BYTES)
+
+    @classmethod
+    def from_args(cls, args, s3: storage.S3Config, selection: Selection) -> ExtractArticles:
+        limits = ImageLimits(
+            args.min_side, args.max_pixels, args.max_image_bytes, args.max_xml_bytes
+        )
+        return cls(s3=s3, selection=selection, limits=limits, versioned_keys=args.all_versions)
+
+    def expand(self, refs):
+        outputs = (
+            refs
+            | "SpreadArticles" >> beam.Reshuffle()
+            | "Extract"
+            >> beam.ParDo(
+                _ExtractArticle(self.s3, self.selection, self.limits, self.versioned_keys)
+            ).with_outputs(FIGURE_ROWS, DEAD, FILTERED, LISTED, main="articles")
+        )
+        return {
+            "articles": outputs.articles,
+            FIGURE_ROWS: outputs[FIGURE_ROWS],
+            DEAD: outputs[DEAD],
+            FILTERED: outputs[FILTERED],
+            LISTED: outputs[LISTED],
+        }

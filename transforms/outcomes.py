@@ -1,0 +1,23 @@
+"""Output tags shared by every stage: errors and deliberate exclusions are data too."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from transforms.records import DeadLetter
+
+DEAD = "dead_letter"
+FILTERED = "filtered"  # (stage, reason) of a record left out on purpose by a filter
+LISTED = "listed"  # one element per record a stage was handed: its "in" count
+
+
+def dead(stage: str, key: str, reason: str, detail: str = "", source: str = ""):
+    return beam.pvalue.TaggedOutput(DEAD, DeadLetter(stage, key, reason, detail[:2000], source))
+
+
+def filtered(stage: str, reason: str):
+    return beam.pvalue.TaggedOutput(FILTERED, (stage, reason))
+
+
+def listed(stage: str):
+    return beam.pvalue.TaggedOutput(LISTED, stage)

@@ -1,0 +1,158 @@
+"""The PMC Cloud Service layout (AWS Open Data `pmc-oa-opendata`): keys, metadata, inventory.
+
+Pure and Beam-free. One folder per article version, `PMC<id>.<ver>/`, with the JATS XML and
+the media files by their own names; `metadata/PMC<id>.<ver>.json` per version; and a daily S3
+inventory of `metadata/` under `inventory-reports/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from dataclasses import dataclass
+
+from transforms import storage
+from transforms.records import ArticleRef
+
+BUCKET = "pmc-oa-opendata"
+METADATA_PREFIX = "metadata/"
+INVENTORY_PREFIX = "inventory-reports/pmc-oa-opendata/metadata/"
+
+_VERSION_KEY = re.compile(r"(?:^|/)(PMC\d+)\.(\d+)\.json$")
+_FOLDER_PATH = re.compile(r"(?:^|/)(PMC\d+\.\d+)/([^/?]+)")
+
+
+class MetadataError(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_version_key(key: str) -> tuple[str, int] | None:
+    """("PMC123", 2) for `metadata/PMC123.2.json`; None for any other key."""
+    match = _VERSION_KEY.search(key)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _relative(url: str) -> tuple[str, str] | None:
+    """("PMC123.2", "gr1.jpg") from an s3:// or https:// url of the bucket."""
+    match = _FOLDER_PATH.search(url.split("?")[0])
+    return (match.group(1), match.group(2)) if match else None
+
+
+@dataclass
+class VersionMetadata:
+    ref: ArticleRef
+    is_open_access: bool
+    is_manuscript: bool
+    title: str
+
+
+def parse_metadata(
+    data: bytes, root: str, metadata_uri: str, last_modified: str = ""
+) -> VersionMetadata:
+    """An ArticleRef from one metadata JSON; article files are located under `root`.
+
+    The JSON's own URLs name the bucket it was published in; only their relative part is
+    kept, so a mirror, a local copy or a gs:// copy of the layout reads the same.
+    """
+    if not data or not data.strip():
+        raise MetadataError("metadata_empty", "the metadata JSON is empty")
+    try:
+        record = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MetadataError("metadata_invalid", f"{type(err).__name__}: {err}") from None
+    if not isinstance(record, dict):
+        raise MetadataError("metadata_invalid", "the metadata JSON is not an object")
+    pmcid = str(record.get("pmcid") or "")
+    if not re.fullmatch(r"PMC\d+", pmcid):
+        raise MetadataError("metadata_invalid", f"pmcid {pmcid!r} is not PMC<digits>")
+    try:
+        version = int(record.get("version"))
+    except (TypeError, ValueError):
+        raise MetadataError("metadata_invalid", f"version {record.get('version')!r}") from None
+    folder = f"{pmcid}.{version}"
+    xml_name = f"{folder}.xml"
+    xml_rel = _relative(str(record.get("xml_url") or ""))
+    if xml_rel:
+        folder, xml_name = xml_rel
+    media = []
+    for url in record.get("media_urls") or []:
+        rel = _relative(str(url))
+        if rel and rel[0] == folder:
+            media.append(rel[1])
+    ref = ArticleRef(
+        pmcid=pmcid,
+        version=version,
+        source_kind="pmc-cloud",
+        location=storage.join(root, folder),
+        xml_name=xml_name,
+        media=tuple(media),
+        pmid=str(record.get("pmid") or ""),
+        doi=str(record.get("doi") or ""),
+        citation=str(record.get("citation") or ""),
+        license_code=str(record.get("license_code") or ""),
+        retracted=bool(record.get("is_retracted")),
+        last_modified=last_modified,
+        metadata_uri=metadata_uri,
+    )
+    return VersionMetadata(
+        ref=ref,
+        is_open_access=record.get("is_pmc_openaccess", True) is not False,
+        is_manuscript=bool(record.get("is_manuscript")),
+        title=str(record.get("title") or ""),
+    )
+
+
+# ---- S3 inventory ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InventoryEntry:
+    key: str
+    last_modified: str  # ISO 8601 UTC
+
+
+def latest_manifest(root: str, s3: storage.S3Config = storage.S3Config()) -> str:
+    """URI of the newest `manifest.json` of the metadata inventory under a bucket root."""
+    prefix = storage.join(root, INVENTORY_PREFIX)
+    manifests = [f.uri for f in storage.list_prefix(prefix, s3) if f.uri.endswith("/manifest.json")]
+    if not manifests:
+        raise MetadataError("inventory_missing", f"no manifest.json under {prefix}")
+    return max(manifests)
+
+
+def manifest_data_files(manifest: bytes) -> tuple[list[str], list[str]]:
+    """(data file keys, column names) of an S3 inventory manifest."""
+    record = json.loads(manifest)
+    if record.get("fileFormat", "CSV").upper() != "CSV":
+        raise MetadataError("inventory_unsupported", f"fileFormat {record.get('fileFormat')}")
+    columns = [c.strip() for c in record.get("fileSchema", "Bucket, Key").split(",")]
+    return [f["key"] for f in record.get("files", [])], columns
+
+
+def _iso_inventory_date(value: str) -> str:
+    # "2024-03-05T10:00:00.000Z" -> "2024-03-05T10:00:00Z"
+    return re.sub(r"\.\d+Z$", "Z", value.strip())
+
+
+def inventory_entries(data: bytes, columns: list[str]) -> list[InventoryEntry]:
+    """Rows of one inventory CSV.gz data file (no header, fields quoted, keys URL-encoded)."""
+    from urllib.parse import unquote_plus
+
+    text = gzip.decompress(data).decode("utf-8")
+    key_at = columns.index("Key")
+    date_at = columns.index("LastModifiedDate") if "LastModifiedDate" in columns else None
+    entries = []
+    for row in csv.reader(io.StringIO(text)):
+        if len(row) <= key_at:
+            continue
+        modified = (
+            _iso_inventory_date(row[date_at]) if date_at is not None and len(row) > date_at else ""
+        )
+        entries.append(InventoryEntry(unquote_plus(row[key_at]), modified))
+    return entries

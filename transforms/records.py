@@ -1,0 +1,173 @@
+"""The records that flow between stages, and their Arrow schemas, defined once.
+
+Every Parquet file the pipeline writes takes its schema from a dataclass here, so the name
+and type of a column live in exactly one place. Column names of `Article` and `Figure`
+follow BIOMEDICA's published webdataset JSON (article_*, image_*); fields of our own sit
+beside them and never replace them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+@dataclass
+class ArticleRef:
+    """One article version found by the discover stage: where it lives, not what it says."""
+
+    pmcid: str  # "PMC123456"
+    version: int | None  # PMC Cloud version; None where the source has no versions
+    source_kind: str  # pmc-cloud | oa-package | oa-bulk | folder
+    location: str  # article folder URI, package URI or bulk package URI
+    xml_name: str = ""  # XML file name in the folder, or member name in a package
+    xml: bytes | None = None  # the XML itself where discover already read it (oa_bulk)
+    media: tuple[str, ...] = ()  # media file names, where the listing names them
+    pmid: str = ""
+    doi: str = ""
+    citation: str = ""
+    license_code: str = ""
+    retracted: bool = False
+    last_modified: str = ""  # ISO 8601
+    metadata_uri: str = ""  # where the listing metadata came from
+
+    @property
+    def key(self) -> str:
+        return self.pmcid if self.version is None else f"{self.pmcid}.{self.version}"
+
+
+@dataclass
+class Article:
+    """One parsed article version: a row of extract/articles/."""
+
+    article_accession_id: str  # PMCID
+    article_version: int | None = None
+    article_pmid: str = ""
+    article_doi: str = ""
+    article_title: str = ""
+    article_journal: str = ""
+    article_citation: str = ""
+    article_date: str = ""  # YYYY-MM-DD, YYYY-MM or YYYY
+    article_year: int | None = None
+    article_type: str = ""
+    article_license: str = ""  # normalized code: "CC BY", "CC BY-NC-ND", "CC0", ...
+    article_license_group: str = "other"  # commercial | noncommercial | other
+    article_retracted: bool = False
+    article_keywords: list[str] = field(default_factory=list)
+    article_subject: list[str] = field(default_factory=list)
+    article_abstract: str = ""
+    article_text: str = ""
+    article_reference_ids: list[str] = field(default_factory=list)
+    article_reference_count: int = 0
+    # Filled by the PubMed join of a later stage; JATS carries no MeSH.
+    article_mesh_terms: list[str] = field(default_factory=list)
+    article_figure_count: int = 0  # image candidates found in the XML (one per sample)
+    article_fig_xref_count: int = 0  # <xref ref-type="fig"> elements in the XML
+    article_parse_warnings: list[str] = field(default_factory=list)
+    source_kind: str = ""
+    source_location: str = ""
+
+
+@dataclass
+class Figure:
+    """One image with its text: a figure sample, the unit of the dataset."""
+
+    key: str  # PMC<id>_<figure id>[_<graphic index>], stable across runs
+    caption: str  # label, title and every paragraph; the webdataset `.txt`
+    image: bytes  # JPEG bytes: the original where it was a valid JPEG, else converted once
+    image_file_name: str = ""  # name of the source file (as stored in the package/folder)
+    image_hash: str = ""  # sha256 of `image`, hex
+    image_phash: str = ""  # 64-bit DCT perceptual hash, hex
+    image_size: list[int] = field(default_factory=list)  # [width, height]
+    image_width: int = 0
+    image_height: int = 0
+    image_format: str = ""  # format of the source file: JPEG, PNG, GIF, TIFF, ...
+    image_mode: str = ""  # PIL mode of the source: RGB, L, CMYK, I;16, P, ...
+    image_converted: bool = False  # re-encoded to JPEG (non-JPEG source, CMYK, 16-bit)
+    image_bytes: int = 0
+    image_source: str = ""  # URI (or package::member) the bytes came from
+    image_set: str = ""  # license group the sample ships in
+    image_context: list[str] = field(default_factory=list)  # in-line references
+    image_cluster_id: int | None = None
+    image_label_id: int | None = None
+    image_panel_type: str | None = None
+    image_panel_subtype: str | None = None
+    image_primary_label: list[str] = field(default_factory=list)
+    image_secondary_label: list[str] = field(default_factory=list)
+    figure_id: str = ""
+    figure_label: str = ""
+    figure_type: str = "fig"  # fig | graphic outside a fig: table-wrap, disp-formula, body, ...
+    graphic_index: int = 0
+    graphic_count: int = 1
+
+
+@dataclass
+class DeadLetter:
+    """A record a stage could not handle, with why and where it came from."""
+
+    stage: str
+    key: str
+    reason: str  # short, stable code, e.g. "xml_malformed", "image_too_small"
+    detail: str = ""
+    source: str = ""
+
+
+@dataclass
+class Duplicate:
+    """A figure sample dropped by dedupe, and the sample it duplicates."""
+
+    key: str
+    duplicate_of: str
+    kind: str  # exact | near
+    distance: int  # Hamming distance of the perceptual hashes (0 for exact)
+    image_hash: str = ""
+    image_phash: str = ""
+
+
+def _arrow_type(hint) -> pa.DataType:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _arrow_type(next(a for a in args if a is not type(None)))
+    if origin is list:
+        return pa.list_(_arrow_type(args[0]))
+    if origin is tuple:
+        return pa.list_(_arrow_type(args[0]))
+    return {
+        str: pa.string(),
+        int: pa.int64(),
+        bool: pa.bool_(),
+        float: pa.float64(),
+        bytes: pa.binary(),
+    }[hint]
+
+
+def arrow_schema(cls, exclude: tuple[str, ...] = ()) -> pa.Schema:
+    """The Arrow schema of a record dataclass: one column per field, in field order."""
+    hints = typing.get_type_hints(cls)
+    return pa.schema(
+        [
+            pa.field(f.name, _arrow_type(hints[f.name]))
+            for f in dataclasses.fields(cls)
+            if f.name not in exclude
+        ]
+    )
+
+
+ARTICLE_SCHEMA = arrow_schema(Article)
+# A figure row carries its article's fields beside its own, as the shard JSON does.
+FIGURE_SCHEMA = pa.schema(list(arrow_schema(Figure)) + list(ARTICLE_SCHEMA))
+DEAD_LETTER_SCHEMA = arrow_schema(DeadLetter)
+DUPLICATE_SCHEMA = arrow_schema(Duplicate)
+
+
+def figure_row(figure: Figure, article: Article) -> dict:
+    return {**dataclasses.asdict(figure), **dataclasses.asdict(article)}
+
+
+def as_row(record) -> dict:
+    return dataclasses.asdict(record)

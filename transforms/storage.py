@@ -1,0 +1,219 @@
+"""Read, list and write files at local paths, gs:// and s3:// URIs.
+
+Local paths and gs:// go through Beam's FileSystems, so whatever Beam can reach works.
+s3:// goes through boto3 directly: the PMC Cloud bucket is read anonymously (Beam's S3
+filesystem always signs requests and needs credentials), and `S3Config.endpoint_url` points
+at mirrors and local servers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apache_beam.io.filesystems import FileSystems
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    anonymous: bool | None = None  # None: anonymous unless credentials are configured
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    uri: str
+    size: int
+    last_modified: str  # ISO 8601 UTC, "" where unknown
+
+
+_local = threading.local()
+
+
+def _use_emulator_without_auth() -> None:
+    # A GCS emulator needs no credentials; without this, google-auth probes the GCE
+    # metadata server and Beam retries for ~25 s per process before going anonymous.
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("NO_GCE_CHECK", "True")
+
+
+_use_emulator_without_auth()
+
+
+def _s3_client(config: S3Config):
+    cache = getattr(_local, "s3", None)
+    if cache is None:
+        cache = _local.s3 = {}
+    if config not in cache:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        session = boto3.session.Session()
+        anonymous = config.anonymous
+        if anonymous is None:
+            anonymous = session.get_credentials() is None
+        botocore_config = Config(
+            signature_version=UNSIGNED if anonymous else None,
+            retries={"max_attempts": 8, "mode": "adaptive"},
+            max_pool_connections=32,
+        )
+        cache[config] = session.client(
+            "s3",
+            region_name=config.region,
+            endpoint_url=config.endpoint_url,
+            config=botocore_config,
+        )
+    return cache[config]
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    if "://" in base:
+        out = base.rstrip("/")
+        for part in parts:
+            out = f"{out}/{part.strip('/')}"
+        return out
+    return os.path.join(base, *parts)
+
+
+def _iso(timestamp) -> str:
+    if timestamp is None:
+        return ""
+    if isinstance(timestamp, datetime):
+        moment = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+    else:
+        moment = datetime.fromtimestamp(float(timestamp), tz=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StorageError(Exception):
+    pass
+
+
+def read_bytes(uri: str, s3: S3Config = S3Config(), max_bytes: int | None = None) -> bytes:
+    """The whole object; StorageError if it is missing or larger than max_bytes."""
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            response = _s3_client(s3).get_object(Bucket=bucket, Key=key)
+            size = response.get("ContentLength")
+            if max_bytes is not None and size is not None and size > max_bytes:
+                response["Body"].close()
+                raise StorageError(f"{size} bytes > limit {max_bytes}")
+            return response["Body"].read()
+        with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            if max_bytes is None:
+                return handle.read()
+            data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise StorageError(f"more than {max_bytes} bytes")
+            return data
+    except StorageError:
+        raise
+    except Exception as err:  # botocore, IOError, Beam's BeamIOError all mean "not readable"
+        raise StorageError(f"{type(err).__name__}: {err}") from None
+
+
+def open_stream(uri: str, s3: S3Config = S3Config()) -> io.RawIOBase:
+    """A forward-only binary stream (for tar packages too large to hold in memory)."""
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return _s3_client(s3).get_object(Bucket=bucket, Key=key)["Body"]
+        return FileSystems.open(uri, compression_type="uncompressed")
+    except Exception as err:
+        raise StorageError(f"{type(err).__name__}: {err}") from None
+
+
+def exists(uri: str, s3: S3Config = S3Config()) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            _s3_client(s3).head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception:
+            return False
+    return FileSystems.exists(uri)
+
+
+def list_prefix(prefix: str, s3: S3Config = S3Config()) -> Iterator[FileInfo]:
+    """Every file under a prefix (recursively), with size and modification time."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        paginator = _s3_client(s3).get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            for obj in page.get("Contents", []):
+                yield FileInfo(
+                    f"s3://{bucket}/{obj['Key']}", obj["Size"], _iso(obj["LastModified"])
+                )
+        return
+    if "://" not in prefix:
+        root = prefix
+        if os.path.isdir(root):
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    path = os.path.join(dirpath, name)
+                    stat = os.stat(path)
+                    yield FileInfo(path, stat.st_size, _iso(stat.st_mtime))
+            return
+    pattern = prefix.rstrip("/") + "/**" if not prefix.endswith("*") else prefix
+    for result in FileSystems.match([pattern])[0].metadata_list:
+        yield FileInfo(
+            result.path, result.size_in_bytes, _iso(result.last_updated_in_seconds or None)
+        )
+
+
+def glob(pattern: str, s3: S3Config = S3Config()) -> list[FileInfo]:
+    """Files matching a glob (`*`, `**`, `?`); a plain path matches itself."""
+    if not any(ch in pattern for ch in "*?["):
+        if is_s3(pattern):
+            return [f for f in list_prefix(pattern, s3) if f.uri == pattern]
+        if FileSystems.exists(pattern):
+            matched = FileSystems.match([pattern])[0].metadata_list
+            return [
+                FileInfo(m.path, m.size_in_bytes, _iso(m.last_updated_in_seconds or None))
+                for m in matched
+            ]
+        return []
+    if is_s3(pattern):
+        literal = pattern.split("*")[0].split("?")[0].split("[")[0]
+        return sorted(
+            (f for f in list_prefix(literal, s3) if fnmatch.fnmatchcase(f.uri, pattern)),
+            key=lambda f: f.uri,
+        )
+    matched = FileSystems.match([pattern])[0].metadata_list
+    return sorted(
+        (
+            FileInfo(m.path, m.size_in_bytes, _iso(m.last_updated_in_seconds or None))
+            for m in matched
+        ),
+        key=lambda f: f.uri,
+    )
+
+
+def write_bytes(uri: str, data: bytes, s3: S3Config = S3Config()) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_client(s3).put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    if "://" not in uri:
+        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    with FileSystems.create(uri, compression_type="uncompressed") as handle:
+        handle.write(data)

@@ -23,7 +23,7 @@ from transforms.discover import Discover
 from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.outcomes import DEAD, FILTERED, LISTED
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
-from transforms.sinks import WriteDeadLetters, WriteTable
+from transforms.sinks import WriteDeadLetters, WriteTable, WriteTableWithout
 
 REPORT = "run_report.json"
 OUTPUT_DIRS = ["extract", "dead_letter"]
@@ -61,8 +61,11 @@ def build(p: beam.Pipeline, options: ExtractOptions) -> None:
     extracted["articles"] | "WriteArticles" >> WriteTable(
         storage.join(out, "extract", "articles"), ARTICLE_SCHEMA
     )
-    deduped["figures"] | "WriteFigures" >> WriteTable(
-        storage.join(out, "extract", "figures"), FIGURE_SCHEMA, batch_rows=64
+    kept = extracted[FIGURE_ROWS] | "WriteFigures" >> WriteTableWithout(
+        directory=storage.join(out, "extract", "figures"),
+        staging=storage.join(out, "extract", "_staging", "figures"),
+        schema=FIGURE_SCHEMA,
+        dropped=deduped["dropped"],
     )
     deduped["duplicates"] | "WriteDuplicates" >> WriteTable(
         storage.join(out, "extract", "duplicates"), DUPLICATE_SCHEMA
@@ -79,7 +82,7 @@ def build(p: beam.Pipeline, options: ExtractOptions) -> None:
         | "FiguresIn" >> beam.Map(lambda a: ("extract_figures.in", a.article_figure_count)),
         extracted[FIGURE_ROWS] | "FiguresOut" >> report.ones("extract_figures.out"),
         extracted[FIGURE_ROWS] | "DedupeIn" >> report.ones("dedupe.in"),
-        deduped["figures"] | "DedupeOut" >> report.ones("dedupe.out"),
+        kept | "DedupeOut" >> beam.Map(lambda n: ("dedupe.out", n)),
         deduped["duplicates"] | "DedupeDropped" >> report.ones("dedupe.duplicates"),
         deduped["duplicates"]
         | "DedupeKinds" >> beam.Map(lambda d: (f"dedupe.duplicates_by_kind.{d.kind}", 1)),
@@ -114,6 +117,14 @@ def build(p: beam.Pipeline, options: ExtractOptions) -> None:
     )
 
 
+def _remove_staging(output: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    staging = storage.join(output, "extract", "_staging")
+    if FileSystems.exists(staging):
+        FileSystems.delete([staging])
+
+
 def run(argv=None, test_pipeline=None) -> dict:
     """Run the extract pipeline; returns the run report (also printed)."""
     options = PipelineOptions(argv)
@@ -125,6 +136,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     p = make_pipeline(options, test_pipeline)
     build(p, extract_options)
     p.run().wait_until_finish()
+    _remove_staging(extract_options.output)
     result = report.read_report(storage.join(extract_options.output, REPORT))
     result["wall_seconds"] = round(time.time() - started, 2)
     print(json.dumps(result, indent=2, sort_keys=True))

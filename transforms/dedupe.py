@@ -115,7 +115,12 @@ def _pairs_in_group(element, threshold: int | None = None):
 
 @dataclass
 class Dedupe(beam.PTransform):
-    """Figure rows in; survivors and Duplicate records out."""
+    """Figure rows in; Duplicate records and (dropped key, survivor key) pairs out.
+
+    Rows are not filtered here: rows carry images, and holding them until the global list
+    of duplicates is known would cost memory in proportion to the corpus. The writer leaves
+    the dropped keys out instead (sinks.WriteTableWithout).
+    """
 
     threshold: int = DEFAULT_THRESHOLD  # max Hamming distance of near duplicates; -1: exact only
 
@@ -171,7 +176,4 @@ class Dedupe(beam.PTransform):
             | "Groups" >> beam.FlatMap(resolve_groups)
         )
         dropped = duplicates | "DroppedKeys" >> beam.Map(lambda d: (d.key, d.duplicate_of))
-        survivors = rows | "Survivors" >> beam.Filter(
-            lambda row, gone: row["key"] not in gone, gone=beam.pvalue.AsDict(dropped)
-        )
-        return {"figures": survivors, "duplicates": duplicates}
+        return {"duplicates": duplicates, "dropped": dropped}

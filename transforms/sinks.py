@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from transforms import storage
 from transforms.records import as_row
@@ -56,4 +60,63 @@ class WriteDeadLetters(beam.PTransform):
             >> beam.io.WriteToText(
                 storage.join(self.directory, "dead_letters"), file_name_suffix=".jsonl"
             )
+        )
+
+
+class _CopyKeeping(beam.DoFn):
+    """Copy one staged Parquet file to its final folder, leaving out the rows of dropped keys.
+
+    Streams batch by batch, so memory stays flat however large the table grows; the final
+    file appears under its name only once complete (written aside, then renamed).
+    """
+
+    def __init__(self, directory: str, schema: pa.Schema, batch_rows: int):
+        self.directory, self.schema, self.batch_rows = directory, schema, batch_rows
+
+    def process(self, staged: str, dropped: dict):
+        name = posixpath.basename(staged)
+        final = storage.join(self.directory, name)
+        aside = storage.join(self.directory, f"_{name}.inprogress")
+        kept = 0
+        drop = pa.array(sorted(dropped), pa.string())
+        with FileSystems.open(staged, compression_type="uncompressed") as source:
+            table_file = pq.ParquetFile(source)
+            with FileSystems.create(aside, compression_type="uncompressed") as sink:
+                with pq.ParquetWriter(sink, self.schema) as writer:
+                    for batch in table_file.iter_batches(batch_size=self.batch_rows):
+                        table = pa.Table.from_batches([batch], schema=self.schema)
+                        if len(drop):
+                            table = table.filter(pc.invert(pc.is_in(table["key"], value_set=drop)))
+                        if table.num_rows:
+                            writer.write_table(table)
+                        kept += table.num_rows
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([aside], [final])
+        FileSystems.delete([staged])
+        yield kept
+
+
+@dataclass
+class WriteTableWithout(beam.PTransform):
+    """Rows to Parquet in `directory`, less those whose key is in the `dropped` side input.
+
+    The rows go to a staging folder first, so that rows with images are never held back
+    waiting for the (global) list of dropped keys; outputs the number of rows kept per file.
+    """
+
+    directory: str
+    staging: str
+    schema: pa.Schema
+    dropped: beam.pvalue.PCollection  # (key, anything) pairs
+    batch_rows: int = 64
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, rows):
+        staged = rows | "Stage" >> WriteTable(self.staging, self.schema, self.batch_rows)
+        return staged | "Keep" >> beam.ParDo(
+            _CopyKeeping(self.directory, self.schema, self.batch_rows),
+            dropped=beam.pvalue.AsDict(self.dropped),
         )

@@ -39,9 +39,16 @@ def _corpus(workdir: Path, articles: int, image_side: int) -> Path:
 
 def _run_extract(corpus: Path, output: Path) -> dict:
     command = [
-        sys.executable, "-m", "pipelines.extract",
-        "--source", str(corpus), "--output", str(output), "--overwrite",
-        "--direct_num_workers", "1",
+        sys.executable,
+        "-m",
+        "pipelines.extract",
+        "--source",
+        str(corpus),
+        "--output",
+        str(output),
+        "--overwrite",
+        "--direct_num_workers",
+        "1",
     ]
     started = time.time()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -73,8 +80,11 @@ def _decode_limit(corpus: Path, limit: int = 2000) -> dict:
     for blob in blobs:
         decode_only(blob)
     cpu = time.process_time() - started
-    return {"images": len(blobs), "cpu_s": round(cpu, 2),
-            "decodes_per_cpu_s": round(len(blobs) / cpu, 1)}
+    return {
+        "images": len(blobs),
+        "cpu_s": round(cpu, 2),
+        "decodes_per_cpu_s": round(len(blobs) / cpu, 1),
+    }
 
 
 def main() -> None:

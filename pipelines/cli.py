@@ -13,6 +13,7 @@ PIPELINES = {
         "pipelines.extract",
         "PMC source -> figure samples (Parquet), dead letters, report",
     ),
+    "shard": ("pipelines.shard", "extract output -> WebDataset shards + Parquet per license group"),
     "sample": ("pipelines.sample", "write a generated sample corpus in the PMC Cloud layout"),
 }
 

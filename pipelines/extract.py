@@ -113,7 +113,8 @@ def build(p: beam.Pipeline, options: ExtractOptions) -> None:
     (
         counts
         | "AllCounts" >> beam.Flatten()
-        | "RunReport" >> report.WriteRunReport(storage.join(out, REPORT), header)
+        | "RunReport"
+        >> report.WriteRunReport(storage.join(out, REPORT), report.EXTRACT_STAGES, header)
     )
 
 

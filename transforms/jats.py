@@ -102,6 +102,9 @@ def _parse_bytes(xml: bytes, warnings: list[str]):
         return etree.fromstring(xml, _parser())
     except etree.XMLSyntaxError as err:
         message = str(err)
+        if "amplification" in message.lower() or "entity reference loop" in message.lower():
+            # libxml2 stops an entity-expansion payload before our own entity check can run.
+            raise JatsError("xml_forbidden_entity", message) from None
         if "encoding" not in message.lower() and "utf-8" not in message.lower():
             raise JatsError("xml_malformed", message) from None
     # Bytes that are not what the document says they are: keep the article, mark the text.
@@ -251,6 +254,11 @@ def _license(meta) -> str:
         for ref in lic.iter("license_ref"):
             code = normalize_license(ref.text)
             if code:
+                return code
+        # Springer/Nature, Wiley: the license URL only as a link in the license text.
+        for link in lic.iter("ext-link", "uri"):
+            code = normalize_license(href_of(link) or link.text)
+            if code.startswith("CC"):
                 return code
         code = normalize_license(lic.get("license-type", ""))
         if code.startswith("CC"):

@@ -39,10 +39,11 @@ def normalize_license(value: str | None) -> str:
     if re.search(r"creativecommons\.org/publicdomain/mark", text, re.I):
         return "PDM"
     compact = re.sub(r"[\s_]+", " ", text.upper()).strip()
-    compact = re.sub(r"^CC[- ]?0$", "CC0", compact)
-    compact = re.sub(r"^CC[- ]BY", "CC BY", compact)
-    compact = re.sub(r"^(CC BY)[ -]", r"\1-", compact)
-    compact = compact.replace(" ", "-") if compact.startswith("CC BY-") else compact
+    if re.fullmatch(r"CC[- ]?0(?:[- ]1\.0)?", compact):
+        return "CC0"
+    match = re.fullmatch(r"CC[- ]?BY((?:[- ](?:NC|SA|ND))*)(?:[- ]\d\.\d)?", compact)
+    if match:
+        return "CC BY" + "".join("-" + part for part in re.findall(r"NC|SA|ND", match.group(1)))
     return compact
 
 

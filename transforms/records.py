@@ -171,3 +171,35 @@ def figure_row(figure: Figure, article: Article) -> dict:
 
 def as_row(record) -> dict:
     return dataclasses.asdict(record)
+
+
+@dataclass
+class ShardPlacement:
+    """Where a sample lies in the dataset: the columns a shard's Parquet adds to its rows."""
+
+    shard: str  # "<group>/<index:06d>.tar"
+    sample_offset: int  # position of the sample in its shard
+    tar_offset: int  # byte offset of the sample's first member header
+    tar_size: int  # bytes of the sample's members, headers included
+    fixes: list[str] = field(default_factory=list)  # what the shard stage repaired
+
+
+@dataclass
+class ShardRecord:
+    """One written shard, as the manifest lists it."""
+
+    group: str
+    index: int
+    path: str  # relative to the dataset root
+    samples: int
+    bytes: int
+    sha256: str
+    parquet_path: str
+    parquet_sha256: str
+    rewritten: bool  # False where a resumed run found the identical shard in place
+
+
+# A shard's Parquet: every figure field but the image bytes, plus where the sample lies.
+SHARD_INDEX_SCHEMA = pa.schema(
+    [f for f in FIGURE_SCHEMA if f.name != "image"] + list(arrow_schema(ShardPlacement))
+)

@@ -13,8 +13,8 @@ import apache_beam as beam
 
 from transforms import storage
 
-# The balance each stage must keep: in == sum of these counts.
-STAGE_TERMS = {
+# The balance each stage of the extract job must keep: in == sum of these counts.
+EXTRACT_STAGES = {
     "discover": ("out", "filtered", "dead_letter"),
     "extract_articles": ("out", "filtered", "dead_letter"),
     "extract_figures": ("out", "dead_letter"),
@@ -39,9 +39,9 @@ def filtered_counts(item) -> list[tuple[str, int]]:
     return [(f"{stage}.filtered", 1), (f"{stage}.filtered_by_reason.{reason}", 1)]
 
 
-def build_report(pairs: list[tuple[str, int]], header: dict) -> dict:
+def build_report(pairs: list[tuple[str, int]], header: dict, stage_terms: dict) -> dict:
     stages: dict[str, dict] = {
-        name: {"in": 0, **{t: 0 for t in terms}} for name, terms in STAGE_TERMS.items()
+        name: {"in": 0, **{t: 0 for t in terms}} for name, terms in stage_terms.items()
     }
     for name, value in sorted(pairs):
         stage, _, rest = name.partition(".")
@@ -51,18 +51,18 @@ def build_report(pairs: list[tuple[str, int]], header: dict) -> dict:
             bucket.setdefault(group, {})[reason] = value
         else:
             bucket[rest] = value
-    for name, terms in STAGE_TERMS.items():
+    for name, terms in stage_terms.items():
         bucket = stages[name]
         bucket["balanced"] = bucket["in"] == sum(bucket.get(t, 0) for t in terms)
     return {
         **header,
-        "balanced": all(stages[n]["balanced"] for n in STAGE_TERMS),
+        "balanced": all(stages[n]["balanced"] for n in stage_terms),
         "stages": stages,
     }
 
 
-def _write(pairs, uri: str, header: dict):
-    report = build_report(pairs, header)
+def _write(pairs, uri: str, header: dict, stage_terms: dict):
+    report = build_report(pairs, header, stage_terms)
     storage.write_bytes(uri, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     yield report
 
@@ -72,6 +72,7 @@ class WriteRunReport(beam.PTransform):
     """(count name, n) pairs in; run_report.json written once all of them are known."""
 
     uri: str
+    stage_terms: dict
     header: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -82,7 +83,7 @@ class WriteRunReport(beam.PTransform):
             pairs
             | "Sum" >> beam.CombinePerKey(sum)
             | "Together" >> beam.combiners.ToList()
-            | "Write" >> beam.FlatMap(_write, self.uri, self.header)
+            | "Write" >> beam.FlatMap(_write, self.uri, self.header, self.stage_terms)
         )
 
 

@@ -37,10 +37,28 @@ _local = threading.local()
 
 
 def _use_emulator_without_auth() -> None:
-    # A GCS emulator needs no credentials; without this, google-auth probes the GCE
-    # metadata server and Beam retries for ~25 s per process before going anonymous.
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        os.environ.setdefault("NO_GCE_CHECK", "True")
+    # A GCS emulator needs no credentials. Without this, google-auth probes the GCE metadata
+    # server (NO_GCE_CHECK stops that), and Beam retries its failed credential lookup with
+    # backoff, 15-30 s per process, before going anonymous anyway: settle it up front.
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    os.environ.setdefault("NO_GCE_CHECK", "True")
+    try:
+        from apache_beam.internal.gcp.auth import _Credentials as cache  # Beam's per-process
+    except ImportError:
+        return
+    lock = getattr(cache, "_credentials_lock", None)
+    if lock is None or not hasattr(cache, "_credentials_init"):
+        return  # another Beam version: only the retries' delay is left
+    with lock:
+        if not cache._credentials_init:
+            cache._credentials, cache._credentials_init = None, True
+
+
+def _gcs(uri: str) -> None:
+    """Before Beam's GCS filesystem serves `uri`: honour an emulator set after import."""
+    if uri.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        _use_emulator_without_auth()
 
 
 _use_emulator_without_auth()
@@ -117,6 +135,7 @@ def read_bytes(uri: str, s3: S3Config = S3Config(), max_bytes: int | None = None
                 response["Body"].close()
                 raise StorageError(f"{size} bytes > limit {max_bytes}")
             return response["Body"].read()
+        _gcs(uri)
         with FileSystems.open(uri, compression_type="uncompressed") as handle:
             if max_bytes is None:
                 return handle.read()
@@ -136,6 +155,7 @@ def open_stream(uri: str, s3: S3Config = S3Config()) -> io.RawIOBase:
         if is_s3(uri):
             bucket, key = split_s3(uri)
             return _s3_client(s3).get_object(Bucket=bucket, Key=key)["Body"]
+        _gcs(uri)
         return FileSystems.open(uri, compression_type="uncompressed")
     except Exception as err:
         raise StorageError(f"{type(err).__name__}: {err}") from None
@@ -149,6 +169,7 @@ def exists(uri: str, s3: S3Config = S3Config()) -> bool:
             return True
         except Exception:
             return False
+    _gcs(uri)
     return FileSystems.exists(uri)
 
 
@@ -173,6 +194,7 @@ def list_prefix(prefix: str, s3: S3Config = S3Config()) -> Iterator[FileInfo]:
                     stat = os.stat(path)
                     yield FileInfo(path, stat.st_size, _iso(stat.st_mtime))
             return
+    _gcs(prefix)
     pattern = prefix.rstrip("/") + "/**" if not prefix.endswith("*") else prefix
     for result in FileSystems.match([pattern])[0].metadata_list:
         yield FileInfo(
@@ -182,6 +204,7 @@ def list_prefix(prefix: str, s3: S3Config = S3Config()) -> Iterator[FileInfo]:
 
 def glob(pattern: str, s3: S3Config = S3Config()) -> list[FileInfo]:
     """Files matching a glob (`*`, `**`, `?`); a plain path matches itself."""
+    _gcs(pattern)
     if not any(ch in pattern for ch in "*?["):
         if is_s3(pattern):
             return [f for f in list_prefix(pattern, s3) if f.uri == pattern]
@@ -215,5 +238,43 @@ def write_bytes(uri: str, data: bytes, s3: S3Config = S3Config()) -> None:
         return
     if "://" not in uri:
         os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    _gcs(uri)
     with FileSystems.create(uri, compression_type="uncompressed") as handle:
         handle.write(data)
+
+
+def sha256_of(uri: str, s3: S3Config = S3Config()) -> str | None:
+    """sha256 hex of an existing file, None where there is none."""
+    import hashlib
+
+    if not exists(uri, s3):
+        return None
+    return hashlib.sha256(read_bytes(uri, s3)).hexdigest()
+
+
+def atomic_write(uri: str, chunks, s3: S3Config = S3Config()) -> None:
+    """Write chunks aside, then move into place: a half-written file never has the final name.
+
+    s3:// objects appear whole on PUT, so they are written directly.
+    """
+    if is_s3(uri):
+        write_bytes(uri, b"".join(chunks), s3)
+        return
+    if "://" in uri:
+        head, _, name = uri.rpartition("/")
+        aside = f"{head}/_{name}.inprogress"
+    else:
+        head, name = os.path.split(uri)
+        os.makedirs(head or ".", exist_ok=True)
+        aside = os.path.join(head, f"_{name}.inprogress")
+    try:
+        with FileSystems.create(aside, compression_type="uncompressed") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    except BaseException:
+        if FileSystems.exists(aside):
+            FileSystems.delete([aside])
+        raise
+    if FileSystems.exists(uri):
+        FileSystems.delete([uri])
+    FileSystems.rename([aside], [uri])

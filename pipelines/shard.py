@@ -1,0 +1,183 @@
+"""`biomedica shard`: extract output to a dataset that training code reads as it is.
+
+    biomedica shard --input out/run --output gs://bucket/dataset [--samples_per_shard 1000]
+
+Writes under --output: webdataset/<group>/<index:06d>.tar, parquet/<group>/<index:06d>.parquet,
+manifest.json, README.md (dataset card) with charts/, dead_letter/ and run_report.json.
+A second run into the same output with the same input and parameters resumes (complete,
+identical shards are kept); anything else is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from pipelines.runner import make_pipeline
+from transforms import dataset_card, report, storage
+from transforms.outcomes import DEAD, LISTED
+from transforms.shard import STAGE, WriteShards, group_of
+from transforms.sinks import WriteDeadLetters
+
+REPORT = "run_report.json"
+RUN_FILE = "_run.json"
+SHARD_STAGES = {STAGE: ("out", "dead_letter")}
+OUTPUT_PARTS = [
+    "webdataset",
+    "parquet",
+    "charts",
+    "dead_letter",
+    dataset_card.MANIFEST,
+    dataset_card.CARD,
+    REPORT,
+    RUN_FILE,
+]
+
+
+class ShardOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", help="an extract output folder, or a glob of figure Parquet")
+        parser.add_argument("--output", help="dataset folder: a local path or gs:// URI")
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace whatever another run left in --output"
+        )
+        WriteShards.add_arguments(parser)
+
+
+def figure_files(source: str) -> str:
+    """The Parquet glob of an extract output folder (or the glob itself)."""
+    if source.endswith(".parquet") or any(c in source for c in "*?"):
+        return source
+    return storage.join(source, "extract", "figures", "*.parquet")
+
+
+def _fingerprint(pattern: str, parameters: dict) -> dict:
+    files = [{"path": f.uri, "bytes": f.size} for f in storage.glob(pattern)]
+    if not files:
+        raise SystemExit(f"no figure Parquet matches {pattern}")
+    return {"input": files, "parameters": parameters}
+
+
+def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> str:
+    """ "fresh", "resume" or "overwrite"; refuses to mix runs."""
+    run_uri = storage.join(output, RUN_FILE)
+    present = [p for p in OUTPUT_PARTS if FileSystems.exists(storage.join(output, p))]
+    mode = "fresh"
+    if present:
+        previous = json.loads(storage.read_bytes(run_uri)) if RUN_FILE in present else None
+        if previous == fingerprint and not overwrite:
+            mode = "resume"
+        elif overwrite:
+            FileSystems.delete([storage.join(output, p) for p in present])
+            mode = "overwrite"
+        else:
+            raise SystemExit(
+                f"{output} holds another run ({', '.join(present)}); its input or parameters "
+                "differ from this one. Pass --overwrite to replace it."
+            )
+    storage.atomic_write(run_uri, [json.dumps(fingerprint, indent=2, sort_keys=True).encode()])
+    return mode
+
+
+def _finish(records, stats, output: str, source: str, parameters: dict):
+    manifest = dataset_card.build_manifest(records, source, parameters)
+    for path, data in dataset_card.build_card(manifest, stats).items():
+        storage.atomic_write(storage.join(output, path), [data])
+    storage.atomic_write(
+        storage.join(output, dataset_card.MANIFEST), [dataset_card.manifest_bytes(manifest)]
+    )
+    yield manifest["totals"]["samples"]
+
+
+def write_dataset(
+    rows, output: str, shards: WriteShards, source: str, parameters: dict, header: dict
+):
+    """Shards, Parquet, manifest, card, dead letters and report from figure rows."""
+    written = rows | "Shards" >> shards
+    stats = (
+        written["rows"]
+        | "CardKeys"
+        >> beam.Map(
+            lambda r: (
+                (group_of(r), r.get("article_journal") or "", str(r.get("article_year") or "")),
+                1,
+            )
+        )
+        | "CardCounts" >> beam.CombinePerKey(sum)
+    )
+    records = written["records"]
+    (
+        records
+        | "AllShards" >> beam.combiners.ToList()
+        | "ManifestAndCard"
+        >> beam.FlatMap(
+            _finish,
+            stats=beam.pvalue.AsList(stats),
+            output=output,
+            source=source,
+            parameters=parameters,
+        )
+    )
+    written[DEAD] | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
+    counts = (
+        written[LISTED] | "In" >> beam.Map(lambda stage: (f"{stage}.in", 1)),
+        records | "Out" >> beam.Map(lambda r: (f"{STAGE}.out", r.samples)),
+        records
+        | "ShardsKept"
+        >> beam.Map(lambda r: (f"{STAGE}.shards_{'written' if r.rewritten else 'kept'}", 1)),
+        written[DEAD] | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
+    )
+    (
+        counts
+        | "AllCounts" >> beam.Flatten()
+        | "RunReport" >> report.WriteRunReport(storage.join(output, REPORT), SHARD_STAGES, header)
+    )
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    options = PipelineOptions(argv)
+    opts = options.view_as(ShardOptions)
+    if not opts.input or not opts.output:
+        raise SystemExit("biomedica shard: --input and --output are required")
+    options.view_as(SetupOptions).save_main_session = False
+    shards = WriteShards.from_args(opts, opts.output)
+    pattern = figure_files(opts.input)
+    parameters = {
+        "samples_per_shard": shards.samples_per_shard,
+        "sort_buckets": shards.buckets,
+        "max_caption_chars": shards.max_caption_chars,
+    }
+    mode = prepare_dataset_output(opts.output, _fingerprint(pattern, parameters), opts.overwrite)
+    started = time.time()
+    header = {
+        "pipeline": "shard",
+        "input": opts.input,
+        "output": opts.output,
+        "mode": mode,
+        "parameters": parameters,
+    }
+    p = make_pipeline(options, test_pipeline)
+    rows = p | "ReadFigures" >> beam.io.ReadFromParquet(pattern)
+    write_dataset(rows, opts.output, shards, opts.input, parameters, header)
+    p.run().wait_until_finish()
+    result = report.read_report(storage.join(opts.output, REPORT))
+    result["wall_seconds"] = round(time.time() - started, 2)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def main(argv=None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)
+    result = run(sys.argv[1:] if argv is None else argv)
+    return 0 if result.get("balanced") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

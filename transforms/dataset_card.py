@@ -1,0 +1,174 @@
+"""The dataset's manifest and its card (README.md with PNG charts): pure, Beam-free."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+from transforms.licenses import GROUPS
+from transforms.records import ShardRecord
+from transforms.shard_samples import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+TOP_JOURNALS = 20
+
+
+def build_manifest(records: list[ShardRecord], source: str, parameters: dict) -> dict:
+    shards = sorted(records, key=lambda r: r.path)
+    groups = {}
+    for group in GROUPS:
+        mine = [r for r in shards if r.group == group]
+        if mine:
+            groups[group] = {
+                "shards": len(mine),
+                "samples": sum(r.samples for r in mine),
+                "bytes": sum(r.bytes for r in mine),
+            }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": "webdataset",
+        "source": source,
+        "parameters": parameters,
+        "totals": {
+            "shards": len(shards),
+            "samples": sum(r.samples for r in shards),
+            "bytes": sum(r.bytes for r in shards),
+        },
+        "groups": groups,
+        "shards": [
+            {
+                "group": r.group,
+                "index": r.index,
+                "path": r.path,
+                "samples": r.samples,
+                "bytes": r.bytes,
+                "sha256": r.sha256,
+                "parquet_path": r.parquet_path,
+                "parquet_sha256": r.parquet_sha256,
+            }
+            for r in shards
+        ],
+    }
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = False) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    labels = [str(k) for k, _ in counts] or ["(none)"]
+    values = [v for _, v in counts] or [0]
+    height = max(3.0, 0.3 * len(labels) + 1.5) if horizontal else 4.0
+    fig, ax = plt.subplots(figsize=(8, height), dpi=100)
+    if horizontal:
+        ax.barh(labels[::-1], values[::-1], color="#3b6ea5")
+    else:
+        ax.bar(labels, values, color="#3b6ea5")
+        ax.tick_params(axis="x", labelrotation=45 if len(labels) > 8 else 0)
+    ax.set_title(title)
+    ax.set_xlabel("samples" if horizontal else "")
+    ax.set_ylabel("" if horizontal else "samples")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return out.getvalue()
+
+
+def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) -> dict[str, bytes]:
+    """{relative path: bytes} of README.md and its charts, from (group, journal, year) counts."""
+    by_group: Counter = Counter()
+    by_journal: Counter = Counter()
+    by_year: Counter = Counter()
+    for (group, journal, year), n in stats:
+        by_group[group] += n
+        by_journal[journal or "(unknown)"] += n
+        by_year[year or "(unknown)"] += n
+    groups = [(g, by_group[g]) for g in GROUPS if by_group[g]]
+    journals = sorted(by_journal.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_JOURNALS]
+    years = sorted(by_year.items())
+    files = {
+        "charts/license_groups.png": _bar_chart(groups, "Samples by license group"),
+        "charts/journals.png": _bar_chart(
+            journals, f"Samples by journal (top {TOP_JOURNALS})", horizontal=True
+        ),
+        "charts/years.png": _bar_chart(years, "Samples by publication year"),
+    }
+    totals = manifest["totals"]
+    configs = "\n".join(
+        f"- config_name: {g}\n  data_files:\n  - split: train\n    path: webdataset/{g}/*.tar"
+        for g in manifest["groups"]
+    )
+    lines = [
+        "---",
+        "license: other",
+        "task_categories:",
+        "- image-to-text",
+        "- zero-shot-image-classification",
+        "tags:",
+        "- biomedical",
+        "- pubmed-central",
+        "- webdataset",
+        "configs:",
+        configs,
+        "---",
+        "",
+        "# Biomedical figure-caption dataset",
+        "",
+        "Figures of PubMed Central Open Access articles with their captions, the paragraphs",
+        "that cite them and their articles' metadata, built by the biomedica Beam pipeline.",
+        f"Source: `{manifest['source']}`.",
+        "",
+        f"**{totals['samples']:,} samples** in {totals['shards']:,} WebDataset shards "
+        f"({totals['bytes'] / 1e6:,.1f} MB). Each sample is `<key>.jpg`, `<key>.txt` "
+        "(the caption) and `<key>.json` (BIOMEDICA's field names, with ours beside them).",
+        "Per-shard Parquet under `parquet/<group>/` holds every field but the image, with the "
+        "shard and the offset of each sample; `manifest.json` lists every shard with its "
+        "sha256.",
+        "",
+        "Licenses differ per article: keep to each sample's `article_license`. The groups follow "
+        "PMC: commercial (CC0, CC BY, CC BY-SA, CC BY-ND), noncommercial (CC BY-NC, "
+        "CC BY-NC-SA, CC BY-NC-ND), other.",
+        "",
+        "## Samples by license group",
+        "",
+        "| group | samples | shards |",
+        "|---|---:|---:|",
+        *[f"| {g} | {n:,} | {manifest['groups'][g]['shards']:,} |" for g, n in groups],
+        "",
+        "![samples by license group](charts/license_groups.png)",
+        "",
+        "## Samples by journal",
+        "",
+        "| journal | samples |",
+        "|---|---:|",
+        *[f"| {j} | {n:,} |" for j, n in journals],
+        "",
+        "![samples by journal](charts/journals.png)",
+        "",
+        "## Samples by publication year",
+        "",
+        "| year | samples |",
+        "|---|---:|",
+        *[f"| {y} | {n:,} |" for y, n in years],
+        "",
+        "![samples by year](charts/years.png)",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "import webdataset as wds",
+        f"ds = wds.WebDataset('webdataset/{next(iter(manifest['groups']), 'commercial')}/"
+        "{000000..000009}.tar').decode('pil').to_tuple('jpg', 'txt', 'json')",
+        "```",
+        "",
+    ]
+    files[CARD] = "\n".join(lines).encode()
+    return files

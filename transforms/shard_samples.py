@@ -1,0 +1,90 @@
+"""Figure rows made safe for every reader, and their shard JSON: pure, Beam-free.
+
+A key must survive webdataset (which splits names at the first dot and at slashes), a
+caption must be text every reader decodes, and an empty caption is not a training sample.
+What can be fixed is fixed and said in the JSON (`fixes`); what cannot is refused with a
+reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from transforms.jats import safe_key_part
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_CAPTION_CHARS = 20_000
+# Columns that hold the sample's payloads rather than its metadata.
+PAYLOAD_COLUMNS = ("image",)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class SampleRejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _as_text(value) -> tuple[str, bool]:
+    if value is None:
+        return "", False
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8"), False
+        except UnicodeDecodeError:
+            return value.decode("utf-8", errors="replace"), True
+    return str(value), False
+
+
+def _truncate(text: str, limit: int) -> str:
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit * 0.8 else cut).rstrip() + " …"
+
+
+def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> dict:
+    """A copy of a figure row that every reader can take; SampleRejected if none can be made."""
+    fixes: list[str] = []
+    key, _ = _as_text(row.get("key"))
+    if not re.search(r"[A-Za-z0-9]", key):
+        raise SampleRejected("key_invalid", f"key {key!r} has no usable characters")
+    safe = safe_key_part(key)
+    if safe != key:
+        fixes.append(f"key_rewritten_from:{key}")
+    image = row.get("image")
+    if not image:
+        raise SampleRejected("image_missing", "the row holds no image bytes")
+    if not bytes(image[:3]) == b"\xff\xd8\xff":
+        raise SampleRejected("image_not_jpeg", "image bytes do not start with a JPEG marker")
+    caption, replaced = _as_text(row.get("caption"))
+    if replaced:
+        fixes.append("caption_invalid_utf8_replaced")
+    cleaned = _CONTROL.sub(" ", caption)
+    if cleaned != caption:
+        fixes.append("caption_control_characters_removed")
+    cleaned = cleaned.strip()
+    if not cleaned:
+        raise SampleRejected("caption_empty", "no caption text")
+    if len(cleaned) > max_caption_chars:
+        cleaned = _truncate(cleaned, max_caption_chars)
+        fixes.append(f"caption_truncated_from_chars:{len(caption)}")
+    out = dict(row)
+    out["key"] = safe
+    out["caption"] = cleaned
+    out["fixes"] = fixes
+    return out
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def sample_json(row: dict) -> bytes:
+    """The `.json` of a sample: BIOMEDICA's field names with ours beside them, no payloads."""
+    fields = {k: _plain(v) for k, v in row.items() if k not in PAYLOAD_COLUMNS}
+    fields["txt"] = row["caption"]
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()

@@ -13,11 +13,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# The main job on the embedded default: a generated sample corpus in the PMC Cloud layout.
+# The main job on the embedded default: a generated sample corpus in the PMC Cloud layout,
+# extracted, then sharded into a dataset.
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)
 	$(PY) -m pipelines.extract --source data/sample --output out/demo --overwrite
+	$(PY) -m pipelines.shard --input out/demo --output out/demo-dataset --overwrite --samples_per_shard 100
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

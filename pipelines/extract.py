@@ -16,6 +16,7 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from pipelines.options import ExtractOptions, RunOptions
 from pipelines.runner import make_pipeline, prepare_output
 from transforms import report, storage
 from transforms.dedupe import Dedupe
@@ -29,30 +30,21 @@ REPORT = "run_report.json"
 OUTPUT_DIRS = ["extract", "dead_letter"]
 
 
-class ExtractOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        Discover.add_arguments(parser)
-        ExtractArticles.add_arguments(parser)
-        Dedupe.add_arguments(parser)
-        parser.add_argument("--output", help="output folder: a local path or gs:// / s3:// URI")
-        parser.add_argument(
-            "--overwrite", action="store_true", help="replace a previous run in --output"
-        )
-
-
-def _source_required(options: ExtractOptions) -> None:
-    missing = [flag for flag in ("source", "output") if not getattr(options, flag)]
+def _source_required(options: ExtractOptions, run_options: RunOptions) -> None:
+    missing = [
+        flag
+        for flag, value in (("source", options.source), ("output", run_options.output))
+        if not value
+    ]
     if missing:
         raise SystemExit("biomedica extract: missing " + ", ".join(f"--{m}" for m in missing))
 
 
-def build(p: beam.Pipeline, options: ExtractOptions) -> None:
+def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
     """Wire the stages; every transform below owns its flags and its checks."""
     discover = Discover.from_args(options)
     extract = ExtractArticles.from_args(options, discover.s3, discover.selection)
     dedupe = Dedupe.from_args(options)
-    out = options.output
 
     found = p | "Discover" >> discover
     extracted = found["refs"] | "ExtractStage" >> extract
@@ -130,15 +122,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     """Run the extract pipeline; returns the run report (also printed)."""
     options = PipelineOptions(argv)
     extract_options = options.view_as(ExtractOptions)
-    _source_required(extract_options)
+    run_options = options.view_as(RunOptions)
+    _source_required(extract_options, run_options)
     options.view_as(SetupOptions).save_main_session = False
-    prepare_output(extract_options.output, REPORT, extract_options.overwrite, OUTPUT_DIRS)
+    prepare_output(run_options.output, REPORT, run_options.overwrite, OUTPUT_DIRS)
     started = time.time()
     p = make_pipeline(options, test_pipeline)
-    build(p, extract_options)
+    build(p, extract_options, run_options.output)
     p.run().wait_until_finish()
-    _remove_staging(extract_options.output)
-    result = report.read_report(storage.join(extract_options.output, REPORT))
+    _remove_staging(run_options.output)
+    result = report.read_report(storage.join(run_options.output, REPORT))
     result["wall_seconds"] = round(time.time() - started, 2)
     print(json.dumps(result, indent=2, sort_keys=True))
     return result

@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from pipelines.options import RunOptions, ShardOptions
 from pipelines.runner import make_pipeline
 from transforms import dataset_card, report, storage
 from transforms.outcomes import DEAD, LISTED
@@ -38,17 +39,6 @@ OUTPUT_PARTS = [
     REPORT,
     RUN_FILE,
 ]
-
-
-class ShardOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", help="an extract output folder, or a glob of figure Parquet")
-        parser.add_argument("--output", help="dataset folder: a local path or gs:// URI")
-        parser.add_argument(
-            "--overwrite", action="store_true", help="replace whatever another run left in --output"
-        )
-        WriteShards.add_arguments(parser)
 
 
 def figure_files(source: str) -> str:
@@ -97,9 +87,21 @@ def _finish(records, stats, output: str, source: str, parameters: dict):
 
 
 def write_dataset(
-    rows, output: str, shards: WriteShards, source: str, parameters: dict, header: dict
+    rows,
+    output: str,
+    shards: WriteShards,
+    source: str,
+    parameters: dict,
+    header: dict,
+    earlier_counts=(),
+    earlier_dead=(),
+    earlier_stages=None,
 ):
-    """Shards, Parquet, manifest, card, dead letters and report from figure rows."""
+    """Shards, Parquet, manifest, card, dead letters and report from figure rows.
+
+    A pipeline with stages before this one passes their count pairs, dead letters and
+    balance terms, so that one report and one dead-letter folder cover the whole run.
+    """
     written = rows | "Shards" >> shards
     stats = (
         written["rows"]
@@ -125,29 +127,34 @@ def write_dataset(
             parameters=parameters,
         )
     )
-    written[DEAD] | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
+    dead_letters = (written[DEAD], *earlier_dead) | "AllDead" >> beam.Flatten()
+    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
     counts = (
         written[LISTED] | "In" >> beam.Map(lambda stage: (f"{stage}.in", 1)),
         records | "Out" >> beam.Map(lambda r: (f"{STAGE}.out", r.samples)),
         records
         | "ShardsKept"
         >> beam.Map(lambda r: (f"{STAGE}.shards_{'written' if r.rewritten else 'kept'}", 1)),
-        written[DEAD] | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
+        dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
+        *earlier_counts,
     )
     (
         counts
         | "AllCounts" >> beam.Flatten()
-        | "RunReport" >> report.WriteRunReport(storage.join(output, REPORT), SHARD_STAGES, header)
+        | "RunReport"
+        >> report.WriteRunReport(
+            storage.join(output, REPORT), {**(earlier_stages or {}), **SHARD_STAGES}, header
+        )
     )
 
 
 def run(argv=None, test_pipeline=None) -> dict:
     options = PipelineOptions(argv)
-    opts = options.view_as(ShardOptions)
+    opts = options.view_as(RunOptions)
     if not opts.input or not opts.output:
         raise SystemExit("biomedica shard: --input and --output are required")
     options.view_as(SetupOptions).save_main_session = False
-    shards = WriteShards.from_args(opts, opts.output)
+    shards = WriteShards.from_args(options.view_as(ShardOptions), opts.output)
     pattern = figure_files(opts.input)
     parameters = {
         "samples_per_shard": shards.samples_per_shard,

@@ -354,7 +354,6 @@ class Discover(beam.PTransform):
         group = parser.add_argument_group("discover")
         group.add_argument(
             "--source",
-            required=True,
             help="s3://bucket[/prefix], gs://..., a local path, or a glob of tar.gz",
         )
         group.add_argument("--layout", default="auto", choices=LAYOUTS)

@@ -73,7 +73,7 @@ def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> d
     out = dict(row)
     out["key"] = safe
     out["caption"] = cleaned
-    out["fixes"] = fixes
+    out["fixes"] = [*(row.get("fixes") or []), *fixes]
     return out
 
 

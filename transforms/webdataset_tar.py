@@ -56,3 +56,15 @@ def read_shard(stream) -> dict[str, dict[str, bytes]]:
             handle = tar.extractfile(member)
             samples.setdefault(key, {})[ext] = handle.read() if handle else b""
     return samples
+
+
+def read_images(stream, keys: set[str]) -> dict[str, bytes]:
+    """{key: jpg bytes} for the wanted keys of a shard, read forward only."""
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext == "jpg" and key in keys and member.isfile():
+                handle = tar.extractfile(member)
+                found[key] = handle.read() if handle else b""
+    return found

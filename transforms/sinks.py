@@ -80,7 +80,8 @@ class _CopyKeeping(beam.DoFn):
         kept = 0
         drop = pa.array(sorted(dropped), pa.string())
         with FileSystems.open(staged, compression_type="uncompressed") as source:
-            table_file = pq.ParquetFile(source)
+            # pre_buffer caches every range the iterator has read: memory grows with the file.
+            table_file = pq.ParquetFile(source, pre_buffer=False)
             with FileSystems.create(aside, compression_type="uncompressed") as sink:
                 with pq.ParquetWriter(sink, self.schema) as writer:
                     for batch in table_file.iter_batches(batch_size=self.batch_rows):

@@ -1,0 +1,93 @@
+"""Benchmark: samples per second per core written into shards, against a plain tar.
+
+    python bench/shard_throughput.py --input bench/results/out-1000
+
+--input is an extract output (run bench/extract_throughput.py first). The shard job runs
+on the in-process runner with one worker in a child process; its samples per CPU second are
+compared with the limit: this process writing the same bytes (each sample's jpg, json and
+txt, built beforehand and held in memory) into one plain tar file with `tarfile`, one core.
+Run by hand; never part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from transforms.shard_samples import sample_json, sanitize  # noqa: E402
+
+
+def _run_shard(source: Path, output: Path, per_shard: int) -> dict:
+    command = [
+        sys.executable, "-m", "pipelines.shard", "--input", str(source), "--output", str(output),
+        "--overwrite", "--samples_per_shard", str(per_shard), "--direct_num_workers", "1",
+    ]
+    started = time.time()
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.time() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"shard failed: {' '.join(command)}")
+    report = json.loads((output / "run_report.json").read_text())
+    samples = report["stages"]["shard"]["out"]
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "command": " ".join(command),
+        "samples": samples,
+        "bytes": sum(p.stat().st_size for p in output.glob("webdataset/*/*.tar")),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "samples_per_cpu_s": round(samples / cpu, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "balanced": report["balanced"],
+    }
+
+
+def _plain_tar(source: Path, target: Path) -> dict:
+    samples = []
+    for part in sorted((source / "extract" / "figures").glob("*.parquet")):
+        for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                row = sanitize(row)
+                samples.append((row["key"], row["image"], sample_json(row), row["caption"].encode()))
+    started = time.process_time()
+    with tarfile.open(target, "w") as tar:
+        for key, *payloads in samples:
+            for ext, data in zip(("jpg", "json", "txt"), payloads, strict=True):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, fileobj=__import__("io").BytesIO(data))
+    cpu = time.process_time() - started
+    return {"samples": len(samples), "bytes": target.stat().st_size, "cpu_s": round(cpu, 2),
+            "samples_per_cpu_s": round(len(samples) / cpu, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", default=str(REPO / "bench" / "results" / "out-1000"))
+    parser.add_argument("--samples_per_shard", type=int, default=1000)
+    args = parser.parse_args()
+    source = Path(args.input)
+    work = source.parent / f"{source.name}-dataset"
+    result = {"input": str(source), "samples_per_shard": args.samples_per_shard}
+    result["shard"] = _run_shard(source, work, args.samples_per_shard)
+    result["plain_tar_limit"] = _plain_tar(source, source.parent / f"{source.name}-plain.tar")
+    result["fraction_of_limit"] = round(
+        result["shard"]["samples_per_cpu_s"] / result["plain_tar_limit"]["samples_per_cpu_s"], 3)
+    print(json.dumps(result, indent=2))
+    (source.parent / "shard_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

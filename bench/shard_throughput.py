@@ -30,8 +30,18 @@ from transforms.shard_samples import sample_json, sanitize  # noqa: E402
 
 def _run_shard(source: Path, output: Path, per_shard: int) -> dict:
     command = [
-        sys.executable, "-m", "pipelines.shard", "--input", str(source), "--output", str(output),
-        "--overwrite", "--samples_per_shard", str(per_shard), "--direct_num_workers", "1",
+        sys.executable,
+        "-m",
+        "pipelines.shard",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--overwrite",
+        "--samples_per_shard",
+        str(per_shard),
+        "--direct_num_workers",
+        "1",
     ]
     started = time.time()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -60,7 +70,9 @@ def _plain_tar(source: Path, target: Path) -> dict:
         for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 row = sanitize(row)
-                samples.append((row["key"], row["image"], sample_json(row), row["caption"].encode()))
+                samples.append(
+                    (row["key"], row["image"], sample_json(row), row["caption"].encode())
+                )
     started = time.process_time()
     with tarfile.open(target, "w") as tar:
         for key, *payloads in samples:
@@ -69,8 +81,12 @@ def _plain_tar(source: Path, target: Path) -> dict:
                 info.size = len(data)
                 tar.addfile(info, fileobj=__import__("io").BytesIO(data))
     cpu = time.process_time() - started
-    return {"samples": len(samples), "bytes": target.stat().st_size, "cpu_s": round(cpu, 2),
-            "samples_per_cpu_s": round(len(samples) / cpu, 1)}
+    return {
+        "samples": len(samples),
+        "bytes": target.stat().st_size,
+        "cpu_s": round(cpu, 2),
+        "samples_per_cpu_s": round(len(samples) / cpu, 1),
+    }
 
 
 def main() -> None:
@@ -84,7 +100,8 @@ def main() -> None:
     result["shard"] = _run_shard(source, work, args.samples_per_shard)
     result["plain_tar_limit"] = _plain_tar(source, source.parent / f"{source.name}-plain.tar")
     result["fraction_of_limit"] = round(
-        result["shard"]["samples_per_cpu_s"] / result["plain_tar_limit"]["samples_per_cpu_s"], 3)
+        result["shard"]["samples_per_cpu_s"] / result["plain_tar_limit"]["samples_per_cpu_s"], 3
+    )
     print(json.dumps(result, indent=2))
     (source.parent / "shard_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 

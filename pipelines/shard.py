@@ -58,7 +58,7 @@ def _fingerprint(pattern: str, parameters: dict) -> dict:
 def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> str:
     """ "fresh", "resume" or "overwrite"; refuses to mix runs."""
     run_uri = storage.join(output, RUN_FILE)
-    present = [p for p in OUTPUT_PARTS if FileSystems.exists(storage.join(output, p))]
+    present = [p for p in OUTPUT_PARTS if storage.exists(storage.join(output, p))]
     mode = "fresh"
     if present:
         previous = json.loads(storage.read_bytes(run_uri)) if RUN_FILE in present else None

@@ -6,9 +6,11 @@ import io
 import json
 from collections import Counter
 
+import pyarrow as pa
+
 from transforms.licenses import GROUPS
-from transforms.records import ShardRecord
-from transforms.shard_samples import SCHEMA_VERSION
+from transforms.records import FIGURE_SCHEMA, ShardRecord
+from transforms.shard_samples import PAYLOAD_COLUMNS, SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -82,6 +84,34 @@ def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = Fal
     return out.getvalue()
 
 
+_HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.bool_(): "bool"}
+
+
+def _hf_features() -> list[str]:
+    """The card's `features` of a shard sample, in Hugging Face's YAML, one line each.
+
+    Without them `datasets` infers the JSON's types from a group's first five samples: a
+    field that is null or [] in all of them gets type null, and the first later sample that
+    fills it (a `fixes` entry, say) stops the load with "Couldn't cast ... to null".
+    """
+    fields = [f for f in FIGURE_SCHEMA if f.name not in PAYLOAD_COLUMNS]
+    fields += [pa.field("fixes", pa.list_(pa.string())), pa.field("txt", pa.string())]
+    struct = []
+    for f in sorted(fields, key=lambda f: f.name):
+        if pa.types.is_list(f.type):
+            struct += [f"    - name: {f.name}", f"      list: {_HF_DTYPES[f.type.value_type]}"]
+        else:
+            struct += [f"    - name: {f.name}", f"      dtype: {_HF_DTYPES[f.type]}"]
+    return [
+        "  - name: jpg",
+        "    dtype: image",
+        "  - name: json",
+        "    struct:",
+        *struct,
+        *[f"  - name: {name}\n    dtype: string" for name in ("txt", "__key__", "__url__")],
+    ]
+
+
 def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) -> dict[str, bytes]:
     """{relative path: bytes} of README.md and its charts, from (group, journal, year) counts."""
     by_group: Counter = Counter()
@@ -106,6 +136,8 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         f"- config_name: {g}\n  data_files:\n  - split: train\n    path: webdataset/{g}/*.tar"
         for g in manifest["groups"]
     )
+    features = "\n".join(_hf_features())
+    infos = "\n".join(f"- config_name: {g}\n  features:\n{features}" for g in manifest["groups"])
     lines = [
         "---",
         "license: other",
@@ -118,6 +150,8 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         "- webdataset",
         "configs:",
         configs,
+        "dataset_info:",
+        infos,
         "---",
         "",
         "# Biomedical figure-caption dataset",

@@ -38,10 +38,15 @@ def _as_text(value) -> tuple[str, bool]:
     return str(value), False
 
 
+_ELLIPSIS = " …"
+
+
 def _truncate(text: str, limit: int) -> str:
-    cut = text[:limit]
+    """At most `limit` characters, the ellipsis included."""
+    room = max(limit - len(_ELLIPSIS), 0)
+    cut = text[:room]
     space = cut.rfind(" ")
-    return (cut[:space] if space > limit * 0.8 else cut).rstrip() + " …"
+    return (cut[:space] if space > room * 0.8 else cut).rstrip() + _ELLIPSIS
 
 
 def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> dict:

@@ -111,11 +111,7 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
 
 
 def _remove_staging(output: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    staging = storage.join(output, "extract", "_staging")
-    if FileSystems.exists(staging):
-        FileSystems.delete([staging])
+    storage.remove_tree(storage.join(output, "extract", "_staging"))
 
 
 def run(argv=None, test_pipeline=None) -> dict:

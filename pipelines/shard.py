@@ -22,8 +22,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipelines.options import RunOptions, ShardOptions
 from pipelines.runner import make_pipeline
 from transforms import dataset_card, report, storage
-from transforms.outcomes import DEAD, LISTED
-from transforms.shard import STAGE, WriteShards, group_of
+from transforms.outcomes import DEAD
+from transforms.shard import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, read_tables
 from transforms.sinks import WriteDeadLetters
 
 REPORT = "run_report.json"
@@ -55,8 +55,14 @@ def _fingerprint(pattern: str, parameters: dict) -> dict:
     return {"input": files, "parameters": parameters}
 
 
+def remove_work(output: str) -> None:
+    """Spilled rows and pieces of a run: gone once it ends (or before a run starts over)."""
+    storage.remove_tree(storage.join(output, WORK_DIR))
+
+
 def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> str:
     """ "fresh", "resume" or "overwrite"; refuses to mix runs."""
+    remove_work(output)
     run_uri = storage.join(output, RUN_FILE)
     present = [p for p in OUTPUT_PARTS if storage.exists(storage.join(output, p))]
     mode = "fresh"
@@ -87,7 +93,7 @@ def _finish(records, stats, output: str, source: str, parameters: dict):
 
 
 def write_dataset(
-    rows,
+    tables,
     output: str,
     shards: WriteShards,
     source: str,
@@ -97,23 +103,13 @@ def write_dataset(
     earlier_dead=(),
     earlier_stages=None,
 ):
-    """Shards, Parquet, manifest, card, dead letters and report from figure rows.
+    """Shards, Parquet, manifest, card, dead letters and report from Arrow tables of rows.
 
     A pipeline with stages before this one passes their count pairs, dead letters and
     balance terms, so that one report and one dead-letter folder cover the whole run.
     """
-    written = rows | "Shards" >> shards
-    stats = (
-        written["rows"]
-        | "CardKeys"
-        >> beam.Map(
-            lambda r: (
-                (group_of(r), r.get("article_journal") or "", str(r.get("article_year") or "")),
-                1,
-            )
-        )
-        | "CardCounts" >> beam.CombinePerKey(sum)
-    )
+    written = tables | "Shards" >> shards
+    stats = written[STATS] | "CardCounts" >> beam.CombinePerKey(sum)
     records = written["records"]
     (
         records
@@ -130,7 +126,7 @@ def write_dataset(
     dead_letters = (written[DEAD], *earlier_dead) | "AllDead" >> beam.Flatten()
     dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
     counts = (
-        written[LISTED] | "In" >> beam.Map(lambda stage: (f"{stage}.in", 1)),
+        written[COUNTS],
         records | "Out" >> beam.Map(lambda r: (f"{STAGE}.out", r.samples)),
         records
         | "ShardsKept"
@@ -171,9 +167,17 @@ def run(argv=None, test_pipeline=None) -> dict:
         "parameters": parameters,
     }
     p = make_pipeline(options, test_pipeline)
-    rows = p | "ReadFigures" >> beam.io.ReadFromParquet(pattern)
-    write_dataset(rows, opts.output, shards, opts.input, parameters, header)
+    files = p | "FigureFiles" >> beam.Create(sorted(f.uri for f in storage.glob(pattern)))
+    write_dataset(
+        read_tables(files | "SpreadFiles" >> beam.Reshuffle()),
+        opts.output,
+        shards,
+        opts.input,
+        parameters,
+        header,
+    )
     p.run().wait_until_finish()
+    remove_work(opts.output)
     result = report.read_report(storage.join(opts.output, REPORT))
     result["wall_seconds"] = round(time.time() - started, 2)
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -20,12 +20,18 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import RunOptions, ShardOptions, SubsetOptions
 from pipelines.runner import make_pipeline
-from pipelines.shard import REPORT, _fingerprint, prepare_dataset_output, write_dataset
+from pipelines.shard import (
+    REPORT,
+    _fingerprint,
+    prepare_dataset_output,
+    remove_work,
+    write_dataset,
+)
 from transforms import report, storage
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.row_filter import FilterError, compile_where
-from transforms.shard import WriteShards
+from transforms.shard import WriteShards, rows_to_tables
 from transforms.webdataset_tar import read_images
 
 STAGE = "subset"
@@ -120,7 +126,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         attached.rows | "SubsetOut" >> report.ones(f"{STAGE}.out"),
     )
     write_dataset(
-        attached.rows,
+        rows_to_tables(attached.rows),
         opts.output,
         shards,
         opts.input,
@@ -131,6 +137,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         earlier_stages=SUBSET_STAGES,
     )
     p.run().wait_until_finish()
+    remove_work(opts.output)
     result = report.read_report(storage.join(opts.output, REPORT))
     result["wall_seconds"] = round(time.time() - started, 2)
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -165,7 +165,7 @@ def test_report_and_manifest(built):
         s["parquet_path"] for s in manifest["shards"]
     }
     assert set(tree(dataset, "webdataset", "parquet")) == listed
-    assert not [p for p in dataset.rglob("*") if "inprogress" in p.name]
+    assert not [p for p in dataset.rglob("*") if "inprogress" in p.name or p.name == "_work"]
     assert json.loads((dataset / "_run.json").read_text())["parameters"] == manifest["parameters"]
 
 
@@ -608,7 +608,7 @@ def test_gcs_output(built, gcs_client):
         parquet = bucket.blob(f"ds/{entry['parquet_path']}").download_as_bytes()
         assert hashlib.sha256(parquet).hexdigest() == entry["parquet_sha256"]
     names = {blob.name for blob in gcs_client.list_blobs(GCS_BUCKET, prefix="ds/")}
-    assert not [n for n in names if "inprogress" in n], names
+    assert not [n for n in names if "inprogress" in n or "/_work/" in n], names
     assert {"ds/README.md", "ds/run_report.json", "ds/_run.json"} <= names
     # Rerun: resume keeps every shard.
     report = run_shard(built["extract"], output)

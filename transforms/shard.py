@@ -1,9 +1,16 @@
 """Shard stage: figure rows to WebDataset tar shards and Parquet per license group.
 
 Order and shard assignment depend on the keys alone, never on the runner or on worker
-count: keys are spread over hash buckets (so one worker never sorts a whole group), each
-bucket is sorted, and bucket sizes give every key its global rank within its group; shard =
-rank // samples_per_shard. The same rows therefore give byte-identical shards anywhere.
+count: keys are spread over hash buckets (so no worker sorts a whole group), each bucket is
+sorted, and bucket sizes give every key its global rank within its group; shard = rank //
+samples_per_shard. The same rows therefore give byte-identical shards anywhere.
+
+Rows travel as Arrow tables, never one by one, and the bytes never go through the runner's
+shuffle: rows are spilled to `<output>/_work/` as Arrow files per (group, bucket), and only
+their paths are grouped; each bucket writes the tar members of the shards it overlaps as one
+piece file per shard; a shard is its pieces joined in rank order (tar members concatenate)
+and closed. Spill names are content hashes, so a retried bundle rewrites the same files.
+Memory stays flat however large the input, on the in-process runner too.
 """
 
 from __future__ import annotations
@@ -11,33 +18,40 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms import storage
 from transforms.licenses import GROUPS, OTHER
-from transforms.outcomes import DEAD, LISTED, dead, listed
-from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement, ShardRecord
+from transforms.outcomes import DEAD, dead
+from transforms.records import FIGURE_SCHEMA, SHARD_INDEX_SCHEMA, ShardRecord
 from transforms.shard_samples import (
     DEFAULT_MAX_CAPTION_CHARS,
     SampleRejected,
+    check_fields,
     sample_json,
-    sanitize,
 )
-from transforms.webdataset_tar import build_shard
+from transforms.webdataset_tar import end_of_archive, sample_members
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
 DEFAULT_BUCKETS = 64
+WORK_DIR = "_work"  # spilled rows and shard pieces of a run in progress
+COUNTS = "counts"  # (count name, n) pairs for the run report
+STATS = "stats"  # ((group, journal, year), n) for the dataset card
+KEYS = "keys"  # ((group, bucket), keys of one spilled table): bucket sizes come from these
+
+# Rows as the shard stage holds them: a figure row plus the fixes made on the way.
+WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [pa.field("fixes", pa.list_(pa.string()))])
 
 
-def group_of(row: dict) -> str:
-    group = row.get("article_license_group") or ""
-    return group if group in GROUPS else OTHER
+def group_of(value) -> str:
+    return value if value in GROUPS else OTHER
 
 
 def bucket_of(key: str, buckets: int) -> int:
@@ -49,25 +63,121 @@ def shard_paths(group: str, index: int) -> tuple[str, str]:
     return f"webdataset/{group}/{name}.tar", f"parquet/{group}/{name}.parquet"
 
 
-class _Sanitize(beam.DoFn):
-    def __init__(self, max_caption_chars: int):
-        self.max_caption_chars = max_caption_chars
+def conform(table: pa.Table) -> pa.Table:
+    """Any figure table in WORK_SCHEMA's columns: missing ones empty, others cast.
 
-    def process(self, row):
-        yield listed(STAGE)
-        try:
-            yield sanitize(row, self.max_caption_chars)
-        except SampleRejected as err:
-            yield dead(
-                STAGE,
-                str(row.get("key")),
-                err.reason,
-                err.detail,
-                str(row.get("image_source") or ""),
+    `key` and `caption` keep their own type (bytes included): check_fields reads them.
+    """
+    columns = []
+    for field in WORK_SCHEMA:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            if field.name not in ("key", "caption") and column.type != field.type:
+                column = column.cast(field.type)
+            columns.append(column)
+        elif field.name == "fixes":
+            columns.append(pa.array([[]] * table.num_rows, field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    names = WORK_SCHEMA.names
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def table_to_blob(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def blob_to_table(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()
+
+
+# ---- 1. check rows and spread them over buckets --------------------------------------------
+
+
+class _ReadTables(beam.DoFn):
+    """Figure Parquet files to Arrow tables of `batch_rows` rows, read without pre-buffering."""
+
+    def __init__(self, batch_rows: int = 256):
+        self.batch_rows = batch_rows
+
+    def process(self, uri: str):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            for batch in pq.ParquetFile(handle, pre_buffer=False).iter_batches(self.batch_rows):
+                yield pa.Table.from_batches([batch])
+
+
+def _spill(work: str, kind: str, place: str, data: bytes, suffix: str) -> str:
+    path = storage.join(work, kind, place, hashlib.sha1(data).hexdigest() + suffix)
+    storage.write_bytes(path, data)
+    return path
+
+
+class _SplitTable(beam.DoFn):
+    """Check every row, fix what can be fixed, spill the rest per (group, bucket)."""
+
+    def __init__(self, buckets: int, max_caption_chars: int, work: str):
+        self.buckets, self.max_caption_chars, self.work = buckets, max_caption_chars, work
+
+    def process(self, table: pa.Table):
+        table = conform(table)
+        yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
+        heads = pc.binary_slice(table.column("image"), 0, 3).to_pylist()
+        keys, captions, fixes, kept, places = [], [], [], [], {}
+        groups = table.column("article_license_group").to_pylist()
+        sources = table.column("image_source").to_pylist()
+        prior = table.column("fixes").to_pylist()
+        for i, (key, caption) in enumerate(
+            zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
+        ):
+            try:
+                safe, text, made = check_fields(key, caption, heads[i], self.max_caption_chars)
+            except SampleRejected as err:
+                yield dead(STAGE, str(key), err.reason, err.detail, str(sources[i] or ""))
+                continue
+            places.setdefault((group_of(groups[i]), bucket_of(safe, self.buckets)), []).append(
+                len(kept)
             )
+            kept.append(i)
+            keys.append(safe)
+            captions.append(text)
+            fixes.append([*(prior[i] or []), *made])
+        if not kept:
+            return
+        rows = table.take(pa.array(kept, pa.int64()))
+        rows = rows.set_column(
+            rows.schema.get_field_index("key"), "key", pa.array(keys, pa.string())
+        )
+        rows = rows.set_column(
+            rows.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string())
+        )
+        rows = rows.set_column(
+            rows.schema.get_field_index("fixes"),
+            "fixes",
+            pa.array(fixes, WORK_SCHEMA.field("fixes").type),
+        )
+        for (group, bucket), indices in places.items():
+            part = rows.take(pa.array(indices, pa.int64()))
+            path = _spill(
+                self.work, "buckets", f"{group}/{bucket:05d}", table_to_blob(part), ".arrow"
+            )
+            yield (group, bucket), path
+            yield beam.pvalue.TaggedOutput(KEYS, ((group, bucket), part.column("key").to_pylist()))
 
 
-def _offsets(sizes: list[tuple[tuple[str, int], int]]) -> dict:
+# ---- 2. rank the keys of every bucket --------------------------------------------------------
+
+
+def _unique_keys(element) -> tuple:
+    place, key_lists = element
+    return place, len({key for keys in key_lists for key in keys})
+
+
+def _offsets(sizes: list) -> dict:
     """Start rank of every (group, bucket), buckets in order within each group."""
     start: dict = {}
     running: dict[str, int] = {}
@@ -77,30 +187,81 @@ def _offsets(sizes: list[tuple[tuple[str, int], int]]) -> dict:
     return start
 
 
-def _ranks(element, offsets: dict, per_shard: int):
-    (group, bucket), keys = element
-    base = offsets[(group, bucket)]
-    for i, key in enumerate(keys):
-        rank = base + i
-        yield key, (group, rank // per_shard, rank % per_shard)
+# ---- 3. every bucket writes its pieces of the shards it overlaps -----------------------------
 
 
-class _Place(beam.DoFn):
-    """Join a key's rows with its place; more than one row under a key is a dead letter."""
+class _BucketPieces(beam.DoFn):
+    def __init__(self, per_shard: int, work: str):
+        self.per_shard, self.work = per_shard, work
 
-    def process(self, element):
-        key, joined = element
-        rows = sorted(joined["rows"], key=lambda r: (r.get("image_hash") or "", r["caption"]))
-        group, shard, position = list(joined["place"])[0]
-        yield (group, shard), (position, rows[0])
-        for extra in rows[1:]:
-            yield dead(
-                STAGE,
-                key,
-                "duplicate_key",
-                "another row has the same key; the one with the smaller image hash is kept",
-                str(extra.get("image_source") or ""),
+    def process(self, element, offsets: dict):
+        (group, bucket), paths = element
+        table = pa.concat_tables([blob_to_table(storage.read_bytes(p)) for p in sorted(set(paths))])
+        # Same key twice: the smaller image hash (then caption, then source) wins, whatever
+        # order the rows arrived in.
+        order = pc.sort_indices(
+            table, [(c, "ascending") for c in ("key", "image_hash", "caption", "image_source")]
+        )
+        table = table.take(order)
+        keys = table.column("key").to_pylist()
+        first = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+        if len(first) < len(keys):
+            sources = table.column("image_source").to_pylist()
+            for i in sorted(set(range(len(keys))) - set(first)):
+                yield dead(
+                    STAGE,
+                    keys[i],
+                    "duplicate_key",
+                    "another row has the same key; the one with the smaller image hash is kept",
+                    str(sources[i] or ""),
+                )
+            table = table.take(pa.array(first, pa.int64()))
+        base = offsets[(group, bucket)]
+        stats = Counter(
+            zip(
+                table.column("article_journal").to_pylist(),
+                table.column("article_year").to_pylist(),
+                strict=True,
             )
+        )
+        for (journal, year), n in stats.items():
+            yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
+        start = 0
+        while start < table.num_rows:
+            shard = (base + start) // self.per_shard
+            stop = min(table.num_rows, (shard + 1) * self.per_shard - base)
+            members, index = self._piece(table.slice(start, stop - start))
+            place = f"{group}/{shard:06d}"
+            yield (
+                (group, shard),
+                (
+                    base + start,
+                    _spill(self.work, "pieces", place, members, ".tar"),
+                    _spill(self.work, "pieces", place, index, ".arrow"),
+                ),
+            )
+            start = stop
+
+    @staticmethod
+    def _piece(rows: pa.Table) -> tuple[bytes, bytes]:
+        """Tar members of some consecutive samples, and their index rows (offsets in-piece)."""
+        metadata = rows.drop_columns(["image"])
+        images = rows.column("image")
+        parts, offsets, sizes, size = [], [], [], 0
+        for i, fields in enumerate(metadata.to_pylist()):
+            members = sample_members(
+                fields["key"], images[i].as_py(), sample_json(fields), fields["caption"].encode()
+            )
+            offsets.append(size)
+            sizes.append(len(members))
+            size += len(members)
+            parts.append(members)
+        index = metadata.append_column("tar_offset", pa.array(offsets, pa.int64()))
+        index = index.append_column("tar_size", pa.array(sizes, pa.int64()))
+        return b"".join(parts), table_to_blob(index)
+
+
+# ---- 4. join the pieces of each shard and write it --------------------------------------------
 
 
 class _WriteShard(beam.DoFn):
@@ -110,27 +271,34 @@ class _WriteShard(beam.DoFn):
         self.output = output
 
     def process(self, element):
-        (group, index), items = element
-        rows = [row for _, row in sorted(items, key=lambda item: item[0])]
+        (group, index), pieces = element
+        pieces = sorted(pieces, key=lambda piece: piece[0])
         tar_path, parquet_path = shard_paths(group, index)
-        tar_bytes, spans = build_shard(
-            [(r["key"], r["image"], sample_json(r), r["caption"].encode()) for r in rows]
-        )
-        index_rows = []
-        for position, (row, span) in enumerate(zip(rows, spans, strict=True)):
-            placement = ShardPlacement(
-                tar_path.removeprefix("webdataset/"),
-                position,
-                span.offset,
-                span.size,
-                row.get("fixes", []),
+        tables, parts, size = [], [], 0
+        for _, members_path, index_path in pieces:
+            members = storage.read_bytes(members_path)
+            table = blob_to_table(storage.read_bytes(index_path))
+            tables.append(
+                table.set_column(
+                    table.schema.get_field_index("tar_offset"),
+                    "tar_offset",
+                    pc.add(table.column("tar_offset"), size),
+                )
             )
-            fields = {k: v for k, v in row.items() if k != "image"}
-            fields.update(vars(placement))
-            index_rows.append(fields)
-        table = pa.Table.from_pylist(index_rows, schema=SHARD_INDEX_SCHEMA)
+            parts.append(members)
+            size += len(members)
+        parts.append(end_of_archive(size))
+        tar_bytes = b"".join(parts)
+        index_table = pa.concat_tables(tables)
+        index_table = index_table.append_column(
+            "shard", pa.array([tar_path.removeprefix("webdataset/")] * index_table.num_rows)
+        )
+        index_table = index_table.append_column(
+            "sample_offset", pa.array(range(index_table.num_rows), pa.int64())
+        )
+        index_table = index_table.select(SHARD_INDEX_SCHEMA.names).cast(SHARD_INDEX_SCHEMA)
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(index_table, sink, compression="zstd")
         parquet_bytes = sink.getvalue()
         rewritten = False
         for path, data in ((tar_path, tar_bytes), (parquet_path, parquet_bytes)):
@@ -142,7 +310,7 @@ class _WriteShard(beam.DoFn):
             group=group,
             index=index,
             path=tar_path,
-            samples=len(rows),
+            samples=index_table.num_rows,
             bytes=len(tar_bytes),
             sha256=hashlib.sha256(tar_bytes).hexdigest(),
             parquet_path=parquet_path,
@@ -153,7 +321,7 @@ class _WriteShard(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Figure rows in; ShardRecords, dead letters and the stage's "in" markers out."""
+    """Arrow tables of figure rows in; ShardRecords, card stats, counts and dead letters out."""
 
     output: str
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
@@ -193,43 +361,51 @@ class WriteShards(beam.PTransform):
             max_caption_chars=args.max_caption_chars,
         )
 
-    def expand(self, rows):
-        clean = rows | "Sanitize" >> beam.ParDo(_Sanitize(self.max_caption_chars)).with_outputs(
-            DEAD, LISTED, main="rows"
-        )
-        buckets = self.buckets
-        keys_by_bucket = (
-            clean.rows
-            | "KeyBucket"
-            >> beam.Map(lambda r: ((group_of(r), bucket_of(r["key"], buckets)), r["key"]))
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "SortBucket" >> beam.MapTuple(lambda gb, keys: (gb, sorted(set(keys))))
-        )
+    def expand(self, tables):
+        work = storage.join(self.output, WORK_DIR)
+        split = tables | "Split" >> beam.ParDo(
+            _SplitTable(self.buckets, self.max_caption_chars, work)
+        ).with_outputs(DEAD, COUNTS, KEYS, main="spilled")
+        by_bucket = split.spilled | "GroupBuckets" >> beam.GroupByKey()
         offsets = (
-            keys_by_bucket
-            | "BucketSizes" >> beam.MapTuple(lambda gb, keys: (gb, len(keys)))
+            split[KEYS]
+            | "GroupKeys" >> beam.GroupByKey()
+            | "BucketSizes" >> beam.Map(_unique_keys)
             | "AllSizes" >> beam.combiners.ToList()
             | "Offsets" >> beam.Map(_offsets)
         )
-        places = keys_by_bucket | "Ranks" >> beam.FlatMap(
-            _ranks, offsets=beam.pvalue.AsSingleton(offsets), per_shard=self.samples_per_shard
-        )
-        placed = (
-            {"rows": clean.rows | "ByKey" >> beam.Map(lambda r: (r["key"], r)), "place": places}
-            | "JoinPlaces" >> beam.CoGroupByKey()
-            | "Place"
-            >> beam.ParDo(_Place())
-            .with_output_types(tuple[Any, Any])
-            .with_outputs(DEAD, main="placed")
-        )
+        pieces = by_bucket | "Pieces" >> beam.ParDo(
+            _BucketPieces(self.samples_per_shard, work), offsets=beam.pvalue.AsSingleton(offsets)
+        ).with_outputs(DEAD, STATS, main="pieces")
         records = (
-            placed.placed
+            pieces.pieces
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self.output))
         )
         return {
             "records": records,
-            "rows": clean.rows,
-            DEAD: (clean[DEAD], placed[DEAD]) | "ShardDead" >> beam.Flatten(),
-            LISTED: clean[LISTED],
+            STATS: pieces[STATS],
+            COUNTS: split[COUNTS],
+            DEAD: (split[DEAD], pieces[DEAD]) | "ShardDead" >> beam.Flatten(),
         }
+
+
+def rows_to_tables(rows, batch_rows: int = 256):
+    """A PCollection of figure-row dicts as Arrow tables, for WriteShards."""
+    return (
+        rows
+        | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_rows)
+        | "ToTables"
+        >> beam.Map(
+            lambda batch: conform(
+                pa.Table.from_pylist(
+                    [{k: v for k, v in r.items() if k in WORK_SCHEMA.names} for r in batch]
+                )
+            )
+        )
+    )
+
+
+def read_tables(files, batch_rows: int = 256):
+    """A PCollection of Parquet file URIs as Arrow tables, for WriteShards."""
+    return files | "ReadTables" >> beam.ParDo(_ReadTables(batch_rows))

@@ -49,21 +49,29 @@ def _truncate(text: str, limit: int) -> str:
     return (cut[:space] if space > room * 0.8 else cut).rstrip() + _ELLIPSIS
 
 
-def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> dict:
-    """A copy of a figure row that every reader can take; SampleRejected if none can be made."""
+def check_fields(
+    key_value,
+    caption_value,
+    image_head: bytes | None,
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+) -> tuple[str, str, list[str]]:
+    """(safe key, clean caption, fixes made) of a sample; SampleRejected if none can be made.
+
+    `image_head` is the first bytes of the image (None or b"" where there is no image), so
+    that callers holding images in Arrow never copy them to check them.
+    """
     fixes: list[str] = []
-    key, _ = _as_text(row.get("key"))
+    key, _ = _as_text(key_value)
     if not re.search(r"[A-Za-z0-9]", key):
         raise SampleRejected("key_invalid", f"key {key!r} has no usable characters")
     safe = safe_key_part(key)
     if safe != key:
         fixes.append(f"key_rewritten_from:{key}")
-    image = row.get("image")
-    if not image:
+    if not image_head:
         raise SampleRejected("image_missing", "the row holds no image bytes")
-    if not bytes(image[:3]) == b"\xff\xd8\xff":
+    if bytes(image_head[:3]) != b"\xff\xd8\xff":
         raise SampleRejected("image_not_jpeg", "image bytes do not start with a JPEG marker")
-    caption, replaced = _as_text(row.get("caption"))
+    caption, replaced = _as_text(caption_value)
     if replaced:
         fixes.append("caption_invalid_utf8_replaced")
     cleaned = _CONTROL.sub(" ", caption)
@@ -75,9 +83,18 @@ def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> d
     if len(cleaned) > max_caption_chars:
         cleaned = _truncate(cleaned, max_caption_chars)
         fixes.append(f"caption_truncated_from_chars:{len(caption)}")
+    return safe, cleaned, fixes
+
+
+def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> dict:
+    """A copy of a figure row that every reader can take; SampleRejected if none can be made."""
+    image = row.get("image")
+    key, caption, fixes = check_fields(
+        row.get("key"), row.get("caption"), bytes(image[:3]) if image else None, max_caption_chars
+    )
     out = dict(row)
-    out["key"] = safe
-    out["caption"] = cleaned
+    out["key"] = key
+    out["caption"] = caption
     out["fixes"] = [*(row.get("fixes") or []), *fixes]
     return out
 

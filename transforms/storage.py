@@ -278,3 +278,21 @@ def atomic_write(uri: str, chunks, s3: S3Config = S3Config()) -> None:
     if FileSystems.exists(uri):
         FileSystems.delete([uri])
     FileSystems.rename([aside], [uri])
+
+
+def remove_tree(uri: str, s3: S3Config = S3Config()) -> None:
+    """Delete a folder and everything under it (object stores: every object of the prefix)."""
+    if "://" not in uri:
+        import shutil
+
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    files = [f.uri for f in list_prefix(uri.rstrip("/") + "/", s3)]
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        client = _s3_client(s3)
+        for start in range(0, len(files), 1000):
+            keys = [{"Key": split_s3(f)[1]} for f in files[start : start + 1000]]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    elif files:
+        FileSystems.delete(files)

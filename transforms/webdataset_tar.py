@@ -7,7 +7,6 @@ groups on). Every member has the same metadata (mtime 0, uid/gid 0, no user name
 
 from __future__ import annotations
 
-import io
 import tarfile
 from dataclasses import dataclass
 
@@ -32,17 +31,40 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def sample_members(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> bytes:
+    """One sample's three tar members (headers, data, padding), as tarfile writes them.
+
+    Pieces of a shard built apart (by different workers) concatenate into the shard.
+    """
+    parts = []
+    for ext, data in zip(EXTENSIONS, (jpg, json_bytes, txt), strict=True):
+        parts.append(
+            _info(f"{key}.{ext}", len(data)).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        )
+        parts.append(data)
+        remainder = len(data) % tarfile.BLOCKSIZE
+        if remainder:
+            parts.append(b"\0" * (tarfile.BLOCKSIZE - remainder))
+    return b"".join(parts)
+
+
+def end_of_archive(size: int) -> bytes:
+    """What closes a tar of `size` bytes: two zero blocks, then padding to a whole record."""
+    closing = size + 2 * tarfile.BLOCKSIZE
+    remainder = closing % tarfile.RECORDSIZE
+    return b"\0" * (2 * tarfile.BLOCKSIZE + (tarfile.RECORDSIZE - remainder if remainder else 0))
+
+
 def build_shard(samples: list[tuple[str, bytes, bytes, bytes]]) -> tuple[bytes, list[MemberSpan]]:
     """A tar of (key, jpg, json, txt) samples, in the given order, and where each one lies."""
-    buffer = io.BytesIO()
-    spans = []
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for key, jpg, json_bytes, txt in samples:
-            start = buffer.tell()
-            for ext, data in zip(EXTENSIONS, (jpg, json_bytes, txt), strict=True):
-                tar.addfile(_info(f"{key}.{ext}", len(data)), io.BytesIO(data))
-            spans.append(MemberSpan(key, start, buffer.tell() - start))
-    return buffer.getvalue(), spans
+    parts, spans, size = [], [], 0
+    for key, jpg, json_bytes, txt in samples:
+        members = sample_members(key, jpg, json_bytes, txt)
+        spans.append(MemberSpan(key, size, len(members)))
+        parts.append(members)
+        size += len(members)
+    parts.append(end_of_archive(size))
+    return b"".join(parts), spans
 
 
 def read_shard(stream) -> dict[str, dict[str, bytes]]:

@@ -27,19 +27,17 @@ def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline
 
 
 def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]) -> None:
-    """Refuse to mix two runs in one output unless asked; with --overwrite, clear the old one."""
+    """Refuse to mix two runs in one output unless asked; clear what an older run left.
+
+    Without the marker a previous run never finished: its leftovers go too.
+    """
     marker_uri = storage.join(output, marker)
-    if not storage.exists(marker_uri):
-        return
-    if not overwrite:
+    finished = storage.exists(marker_uri)
+    if finished and not overwrite:
         raise SystemExit(
             f"{output} already holds a run ({marker} exists); pass --overwrite to replace it"
         )
-    from apache_beam.io.filesystems import FileSystems
-
-    for sub in subdirs:
-        uri = storage.join(output, sub)
-        if FileSystems.exists(uri):
-            FileSystems.delete([uri])
-    FileSystems.delete([marker_uri])
-    logging.info("cleared the previous run in %s", output)
+    for sub in [*subdirs, marker]:
+        storage.remove(storage.join(output, sub))
+    if finished:
+        logging.info("cleared the previous run in %s", output)

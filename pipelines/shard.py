@@ -16,7 +16,6 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import RunOptions, ShardOptions
@@ -71,7 +70,8 @@ def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> s
         if previous == fingerprint and not overwrite:
             mode = "resume"
         elif overwrite:
-            FileSystems.delete([storage.join(output, p) for p in present])
+            for part in present:
+                storage.remove(storage.join(output, part))
             mode = "overwrite"
         else:
             raise SystemExit(

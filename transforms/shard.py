@@ -36,6 +36,7 @@ from transforms.shard_samples import (
     check_fields,
     sample_json,
 )
+from transforms.sinks import open_native
 from transforms.webdataset_tar import end_of_archive, sample_members
 
 STAGE = "shard"
@@ -104,11 +105,11 @@ class _ReadTables(beam.DoFn):
         self.batch_rows = batch_rows
 
     def process(self, uri: str):
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(uri, compression_type="uncompressed") as handle:
-            for batch in pq.ParquetFile(handle, pre_buffer=False).iter_batches(self.batch_rows):
-                yield pa.Table.from_batches([batch])
+        source = open_native(uri)
+        for batch in pq.ParquetFile(source, pre_buffer=False).iter_batches(self.batch_rows):
+            yield pa.Table.from_batches([batch])
+        if not isinstance(source, str):
+            source.close()
 
 
 def _spill(work: str, kind: str, place: str, data: bytes, suffix: str) -> str:
@@ -118,30 +119,40 @@ def _spill(work: str, kind: str, place: str, data: bytes, suffix: str) -> str:
 
 
 class _SplitTable(beam.DoFn):
-    """Check every row, fix what can be fixed, spill the rest per (group, bucket)."""
+    """Check every row, fix what can be fixed, spill the rest per (group, bucket).
 
-    def __init__(self, buckets: int, max_caption_chars: int, work: str):
+    Checked rows are buffered (up to `flush_bytes`) so that each spill file holds many rows:
+    one sort and one take per flush, not one small file per bucket per input batch.
+    """
+
+    def __init__(
+        self, buckets: int, max_caption_chars: int, work: str, flush_bytes: int = 64 << 20
+    ):
         self.buckets, self.max_caption_chars, self.work = buckets, max_caption_chars, work
+        self.flush_bytes = flush_bytes
+
+    def start_bundle(self):
+        self.buffered: list[pa.Table] = []
+        self.places: list[int] = []
+        self.size = 0
 
     def process(self, table: pa.Table):
         table = conform(table)
         yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
         heads = pc.binary_slice(table.column("image"), 0, 3).to_pylist()
-        keys, captions, fixes, kept, places = [], [], [], [], {}
+        keys, captions, fixes, kept = [], [], [], []
         groups = table.column("article_license_group").to_pylist()
         sources = table.column("image_source").to_pylist()
         prior = table.column("fixes").to_pylist()
-        for i, (key, caption) in enumerate(
-            zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
-        ):
+        raw = zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
+        for i, (key, caption) in enumerate(raw):
             try:
                 safe, text, made = check_fields(key, caption, heads[i], self.max_caption_chars)
             except SampleRejected as err:
                 yield dead(STAGE, str(key), err.reason, err.detail, str(sources[i] or ""))
                 continue
-            places.setdefault((group_of(groups[i]), bucket_of(safe, self.buckets)), []).append(
-                len(kept)
-            )
+            group = GROUPS.index(group_of(groups[i]))
+            self.places.append(group * self.buckets + bucket_of(safe, self.buckets))
             kept.append(i)
             keys.append(safe)
             captions.append(text)
@@ -149,24 +160,49 @@ class _SplitTable(beam.DoFn):
         if not kept:
             return
         rows = table.take(pa.array(kept, pa.int64()))
-        rows = rows.set_column(
-            rows.schema.get_field_index("key"), "key", pa.array(keys, pa.string())
-        )
-        rows = rows.set_column(
-            rows.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string())
-        )
-        rows = rows.set_column(
-            rows.schema.get_field_index("fixes"),
-            "fixes",
-            pa.array(fixes, WORK_SCHEMA.field("fixes").type),
-        )
-        for (group, bucket), indices in places.items():
-            part = rows.take(pa.array(indices, pa.int64()))
+        for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
+            rows = rows.set_column(
+                rows.schema.get_field_index(name),
+                name,
+                pa.array(values, WORK_SCHEMA.field(name).type),
+            )
+        self.buffered.append(rows)
+        self.size += rows.nbytes
+        if self.size >= self.flush_bytes:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for output in self._flush():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(
+                    output.tag, GlobalWindows.windowed_value(output.value)
+                )
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def _flush(self):
+        if not self.buffered:
+            return
+        rows = pa.concat_tables(self.buffered)
+        places = pa.array(self.places, pa.int64())
+        order = pc.sort_indices(places)
+        rows, places = rows.take(order), places.take(order).to_pylist()
+        self.buffered, self.places, self.size = [], [], 0
+        start = 0
+        while start < len(places):
+            stop = start
+            while stop < len(places) and places[stop] == places[start]:
+                stop += 1
+            group, bucket = GROUPS[places[start] // self.buckets], places[start] % self.buckets
+            part = rows.slice(start, stop - start)
             path = _spill(
                 self.work, "buckets", f"{group}/{bucket:05d}", table_to_blob(part), ".arrow"
             )
             yield (group, bucket), path
             yield beam.pvalue.TaggedOutput(KEYS, ((group, bucket), part.column("key").to_pylist()))
+            start = stop
 
 
 # ---- 2. rank the keys of every bucket --------------------------------------------------------

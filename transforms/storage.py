@@ -296,3 +296,14 @@ def remove_tree(uri: str, s3: S3Config = S3Config()) -> None:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
     elif files:
         FileSystems.delete(files)
+
+
+def remove(uri: str, s3: S3Config = S3Config()) -> None:
+    """Delete a file or a folder, whichever `uri` names (nothing if neither exists)."""
+    if exists(uri, s3) and not ("://" not in uri and os.path.isdir(uri)):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            _s3_client(s3).delete_object(Bucket=bucket, Key=key)
+        else:
+            FileSystems.delete([uri])
+    remove_tree(uri, s3)

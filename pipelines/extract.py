@@ -8,8 +8,6 @@ figure sample), extract/duplicates/*.parquet, dead_letter/*.jsonl and run_report
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 import time
 
@@ -17,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import ExtractOptions, RunOptions
-from pipelines.runner import make_pipeline, prepare_output
+from pipelines.runner import REPORT, main_of, make_pipeline, prepare_output, run_and_report
 from transforms import report, storage
 from transforms.dedupe import Dedupe
 from transforms.discover import Discover
@@ -26,7 +24,6 @@ from transforms.outcomes import DEAD, FILTERED, LISTED
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
 from transforms.sinks import WriteDeadLetters, WriteTable, WriteTableWithout
 
-REPORT = "run_report.json"
 OUTPUT_DIRS = ["extract", "dead_letter"]
 
 
@@ -110,10 +107,6 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
     )
 
 
-def _remove_staging(output: str) -> None:
-    storage.remove_tree(storage.join(output, "extract", "_staging"))
-
-
 def run(argv=None, test_pipeline=None) -> dict:
     """Run the extract pipeline; returns the run report (also printed)."""
     options = PipelineOptions(argv)
@@ -125,18 +118,10 @@ def run(argv=None, test_pipeline=None) -> dict:
     started = time.time()
     p = make_pipeline(options, test_pipeline)
     build(p, extract_options, run_options.output)
-    p.run().wait_until_finish()
-    _remove_staging(run_options.output)
-    result = report.read_report(storage.join(run_options.output, REPORT))
-    result["wall_seconds"] = round(time.time() - started, 2)
-    print(json.dumps(result, indent=2, sort_keys=True))
-    return result
+    return run_and_report(p, run_options.output, started, ["extract/_staging"])
 
 
-def main(argv=None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
-    result = run(sys.argv[1:] if argv is None else argv)
-    return 0 if result.get("balanced") else 1
+main = main_of(run)
 
 
 if __name__ == "__main__":

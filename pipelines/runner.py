@@ -41,3 +41,35 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
         storage.remove(storage.join(output, sub))
     if finished:
         logging.info("cleared the previous run in %s", output)
+
+
+REPORT = "run_report.json"
+
+
+def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) -> dict:
+    """Run a built pipeline, remove its work folders, print and return its run report."""
+    import json
+    import time
+
+    from transforms import report
+
+    p.run().wait_until_finish()
+    for folder in cleanup:
+        storage.remove_tree(storage.join(output, folder))
+    result = report.read_report(storage.join(output, REPORT))
+    result["wall_seconds"] = round(time.time() - started, 2)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def main_of(run):
+    """The console entry of a pipeline: exit status 0 only when its report balances."""
+
+    def main(argv=None) -> int:
+        import sys
+
+        logging.getLogger().setLevel(logging.WARNING)
+        result = run(sys.argv[1:] if argv is None else argv)
+        return 0 if result.get("balanced") else 1
+
+    return main

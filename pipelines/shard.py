@@ -11,7 +11,6 @@ identical shards are kept); anything else is refused unless --overwrite.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 
@@ -19,13 +18,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import RunOptions, ShardOptions
-from pipelines.runner import make_pipeline
+from pipelines.runner import REPORT, main_of, make_pipeline, run_and_report
 from transforms import dataset_card, report, storage
 from transforms.outcomes import DEAD
 from transforms.shard import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, read_tables
 from transforms.sinks import WriteDeadLetters
 
-REPORT = "run_report.json"
 RUN_FILE = "_run.json"
 SHARD_STAGES = {STAGE: ("out", "dead_letter")}
 OUTPUT_PARTS = [
@@ -176,18 +174,10 @@ def run(argv=None, test_pipeline=None) -> dict:
         parameters,
         header,
     )
-    p.run().wait_until_finish()
-    remove_work(opts.output)
-    result = report.read_report(storage.join(opts.output, REPORT))
-    result["wall_seconds"] = round(time.time() - started, 2)
-    print(json.dumps(result, indent=2, sort_keys=True))
-    return result
+    return run_and_report(p, opts.output, started, [WORK_DIR])
 
 
-def main(argv=None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
-    result = run(sys.argv[1:] if argv is None else argv)
-    return 0 if result.get("balanced") else 1
+main = main_of(run)
 
 
 if __name__ == "__main__":

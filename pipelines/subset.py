@@ -10,8 +10,6 @@ the subset has shards, Parquet, manifest, card and report of its own.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 import time
 
@@ -19,19 +17,17 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import RunOptions, ShardOptions, SubsetOptions
-from pipelines.runner import make_pipeline
+from pipelines.runner import main_of, make_pipeline, run_and_report
 from pipelines.shard import (
-    REPORT,
     _fingerprint,
     prepare_dataset_output,
-    remove_work,
     write_dataset,
 )
 from transforms import report, storage
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.row_filter import FilterError, compile_where
-from transforms.shard import WriteShards, rows_to_tables
+from transforms.shard import WORK_DIR, WriteShards, rows_to_tables
 from transforms.webdataset_tar import read_images
 
 STAGE = "subset"
@@ -136,18 +132,10 @@ def run(argv=None, test_pipeline=None) -> dict:
         earlier_dead=(attached[DEAD],),
         earlier_stages=SUBSET_STAGES,
     )
-    p.run().wait_until_finish()
-    remove_work(opts.output)
-    result = report.read_report(storage.join(opts.output, REPORT))
-    result["wall_seconds"] = round(time.time() - started, 2)
-    print(json.dumps(result, indent=2, sort_keys=True))
-    return result
+    return run_and_report(p, opts.output, started, [WORK_DIR])
 
 
-def main(argv=None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
-    result = run(sys.argv[1:] if argv is None else argv)
-    return 0 if result.get("balanced") else 1
+main = main_of(run)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ Rows travel as Arrow tables, never one by one, and the bytes never go through th
 shuffle: rows are spilled to `<output>/_work/` as Arrow files per (group, bucket), and only
 their paths are grouped; each bucket writes the tar members of the shards it overlaps as one
 piece file per shard; a shard is its pieces joined in rank order (tar members concatenate)
-and closed. Spill names are content hashes, so a retried bundle rewrites the same files.
-Memory stays flat however large the input, on the in-process runner too.
+and closed. Memory stays flat however large the input, on the in-process runner too.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -113,7 +113,9 @@ class _ReadTables(beam.DoFn):
 
 
 def _spill(work: str, kind: str, place: str, data: bytes, suffix: str) -> str:
-    path = storage.join(work, kind, place, hashlib.sha1(data).hexdigest() + suffix)
+    # Only the paths a bundle outputs are ever read, so a fresh name per write is safe: the
+    # files of a failed, retried bundle are never read (and go with the work folder).
+    path = storage.join(work, kind, place, uuid.uuid4().hex + suffix)
     storage.write_bytes(path, data)
     return path
 

@@ -45,11 +45,16 @@ def figure_files(source: str) -> str:
     return storage.join(source, "extract", "figures", "*.parquet")
 
 
-def _fingerprint(pattern: str, parameters: dict) -> dict:
-    files = [{"path": f.uri, "bytes": f.size} for f in storage.glob(pattern)]
+def input_files(pattern: str) -> list[storage.FileInfo]:
+    files = storage.glob(pattern)
     if not files:
-        raise SystemExit(f"no figure Parquet matches {pattern}")
-    return {"input": files, "parameters": parameters}
+        raise SystemExit(f"no Parquet matches {pattern}")
+    return files
+
+
+def fingerprint(files: list[storage.FileInfo], parameters: dict) -> dict:
+    """What a run is made of: a second run with the same fingerprint may resume it."""
+    return {"input": [{"path": f.uri, "bytes": f.size} for f in files], "parameters": parameters}
 
 
 def remove_work(output: str) -> None:
@@ -148,14 +153,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     if not opts.input or not opts.output:
         raise SystemExit("biomedica shard: --input and --output are required")
     options.view_as(SetupOptions).save_main_session = False
-    shards = WriteShards.from_args(options.view_as(ShardOptions), opts.output)
-    pattern = figure_files(opts.input)
+    files = input_files(figure_files(opts.input))
+    shards = WriteShards.from_args(
+        options.view_as(ShardOptions), opts.output, sum(f.size for f in files)
+    )
     parameters = {
         "samples_per_shard": shards.samples_per_shard,
         "sort_buckets": shards.buckets,
         "max_caption_chars": shards.max_caption_chars,
     }
-    mode = prepare_dataset_output(opts.output, _fingerprint(pattern, parameters), opts.overwrite)
+    mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
     started = time.time()
     header = {
         "pipeline": "shard",
@@ -165,7 +172,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         "parameters": parameters,
     }
     p = make_pipeline(options, test_pipeline)
-    files = p | "FigureFiles" >> beam.Create(sorted(f.uri for f in storage.glob(pattern)))
+    files = p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files))
     write_dataset(
         read_tables(files | "SpreadFiles" >> beam.Reshuffle()),
         opts.output,

@@ -19,7 +19,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipelines.options import RunOptions, ShardOptions, SubsetOptions
 from pipelines.runner import main_of, make_pipeline, run_and_report
 from pipelines.shard import (
-    _fingerprint,
+    fingerprint,
+    input_files,
     prepare_dataset_output,
     write_dataset,
 )
@@ -88,15 +89,19 @@ def run(argv=None, test_pipeline=None) -> dict:
     except FilterError as err:
         raise SystemExit(f"biomedica subset: {err}") from None
     options.view_as(SetupOptions).save_main_session = False
-    shards = WriteShards.from_args(options.view_as(ShardOptions), opts.output)
     pattern = storage.join(opts.input, "parquet", "*", "*.parquet")
+    files = input_files(pattern)
+    tars = storage.glob(storage.join(opts.input, "webdataset", "*", "*.tar"))
+    shards = WriteShards.from_args(
+        options.view_as(ShardOptions), opts.output, sum(f.size for f in tars)
+    )
     parameters = {
         "where": where,
         "samples_per_shard": shards.samples_per_shard,
         "sort_buckets": shards.buckets,
         "max_caption_chars": shards.max_caption_chars,
     }
-    mode = prepare_dataset_output(opts.output, _fingerprint(pattern, parameters), opts.overwrite)
+    mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
     header = {
         "pipeline": "subset",
         "input": opts.input,

@@ -33,7 +33,7 @@ from pipelines import subset as subset_pipeline
 from transforms import dataset_card, storage
 from transforms.records import FIGURE_SCHEMA
 from transforms.sample_corpus import generate_corpus
-from transforms.shard import DEFAULT_BUCKETS, bucket_of
+from transforms.shard import bucket_of
 from transforms.shard_samples import SampleRejected, sample_json, sanitize
 from transforms.webdataset_tar import build_shard
 
@@ -185,6 +185,7 @@ def test_webdataset_reads_every_sample(built):
         assert meta["txt"] == row["caption"] and meta["fixes"] == []
         assert {k: v for k, v in meta.items() if k not in SIDE_FIELDS} == row_fields(row)
     # Members of a sample are consecutive; a group's samples run in (hash bucket, key) order.
+    buckets = manifest_of(dataset)["parameters"]["sort_buckets"]
     for group in manifest_of(dataset)["groups"]:
         order = []
         for path in tar_paths(dataset, group):
@@ -193,7 +194,7 @@ def test_webdataset_reads_every_sample(built):
             keys = [n.rsplit(".", 1)[0] for n in names][::3]
             assert names == [f"{k}.{ext}" for k in keys for ext in ("jpg", "json", "txt")]
             order += keys
-        assert order == sorted(order, key=lambda k: (bucket_of(k, DEFAULT_BUCKETS), k))
+        assert order == sorted(order, key=lambda k: (bucket_of(k, buckets), k))
 
 
 # ---- 2. Hugging Face datasets -------------------------------------------------------------------
@@ -347,6 +348,40 @@ def test_same_bytes_on_other_runners(built, tmp_path):
     assert time.monotonic() - started < 60
     assert_balanced(report)
     assert digests(portable, "webdataset", "parquet", "manifest.json") == reference
+
+
+def test_shards_spanning_buckets_are_joined_in_order(built, tmp_path):
+    """With many buckets, shards are joined from pieces: same samples, order and bytes."""
+    flags = ("--sort_buckets", "5")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert_balanced(run_shard(built["extract"], one, *flags))
+    assert_balanced(
+        run_shard(
+            built["extract"],
+            two,
+            *flags,
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+        )
+    )
+    assert digests(one, "webdataset", "parquet") == digests(two, "webdataset", "parquet")
+    samples = read_samples(one)
+    assert set(samples) == set(built["figures"])
+    for key, sample in samples.items():
+        assert sample["jpg"] == built["figures"][key]["image"]
+    manifest = manifest_of(one)
+    assert manifest["parameters"]["sort_buckets"] == 5
+    for group in manifest["groups"]:
+        order = []
+        for path in tar_paths(one, group):
+            with tarfile.open(path) as tar:
+                order += [n.rsplit(".", 1)[0] for n in tar.getnames()][::3]
+        assert order == sorted(order, key=lambda k: (bucket_of(k, 5), k))
+        counts = [e["samples"] for e in manifest["shards"] if e["group"] == group]
+        assert all(n == 7 for n in counts[:-1]) and 0 < counts[-1] <= 7
+    assert not (one / "_work").exists()
 
 
 # ---- 5. resume, refusal, overwrite --------------------------------------------------------------

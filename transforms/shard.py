@@ -41,10 +41,11 @@ from transforms.webdataset_tar import end_of_archive, sample_members
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
-DEFAULT_BUCKETS = 64
+BUCKET_BYTES = 256 << 20  # what one worker holds to sort a bucket, roughly
 WORK_DIR = "_work"  # spilled rows and shard pieces of a run in progress
 COUNTS = "counts"  # (count name, n) pairs for the run report
 STATS = "stats"  # ((group, journal, year), n) for the dataset card
+RECORDS = "records"  # ShardRecords of shards written whole by one bucket
 KEYS = "keys"  # ((group, bucket), keys of one spilled table): bucket sizes come from these
 
 # Rows as the shard stage holds them: a figure row plus the fixes made on the way.
@@ -216,21 +217,22 @@ def _unique_keys(element) -> tuple:
 
 
 def _offsets(sizes: list) -> dict:
-    """Start rank of every (group, bucket), buckets in order within each group."""
+    """Start rank of every (group, bucket), buckets in order within each group; and the
+    number of samples of each group (under the group's own name)."""
     start: dict = {}
     running: dict[str, int] = {}
     for (group, bucket), size in sorted(sizes):
         start[(group, bucket)] = running.get(group, 0)
         running[group] = running.get(group, 0) + size
-    return start
+    return {**start, **running}
 
 
 # ---- 3. every bucket writes its pieces of the shards it overlaps -----------------------------
 
 
 class _BucketPieces(beam.DoFn):
-    def __init__(self, per_shard: int, work: str):
-        self.per_shard, self.work = per_shard, work
+    def __init__(self, per_shard: int, work: str, output: str):
+        self.per_shard, self.work, self.output = per_shard, work, output
 
     def process(self, element, offsets: dict):
         (group, bucket), paths = element
@@ -269,19 +271,25 @@ class _BucketPieces(beam.DoFn):
             shard = (base + start) // self.per_shard
             stop = min(table.num_rows, (shard + 1) * self.per_shard - base)
             members, index = self._piece(table.slice(start, stop - start))
-            place = f"{group}/{shard:06d}"
-            yield (
-                (group, shard),
-                (
-                    base + start,
-                    _spill(self.work, "pieces", place, members, ".tar"),
-                    _spill(self.work, "pieces", place, index, ".arrow"),
-                ),
-            )
+            shard_end = min((shard + 1) * self.per_shard, offsets[group])
+            if base + start == shard * self.per_shard and base + stop == shard_end:
+                # The whole shard lies in this bucket: write it now, no piece to join.
+                record = write_shard(self.output, group, shard, [(members, index)])
+                yield beam.pvalue.TaggedOutput(RECORDS, record)
+            else:
+                place = f"{group}/{shard:06d}"
+                yield (
+                    (group, shard),
+                    (
+                        base + start,
+                        _spill(self.work, "pieces", place, members, ".tar"),
+                        _spill(self.work, "pieces", place, table_to_blob(index), ".arrow"),
+                    ),
+                )
             start = stop
 
     @staticmethod
-    def _piece(rows: pa.Table) -> tuple[bytes, bytes]:
+    def _piece(rows: pa.Table) -> tuple[bytes, pa.Table]:
         """Tar members of some consecutive samples, and their index rows (offsets in-piece)."""
         metadata = rows.drop_columns(["image"])
         images = rows.column("image")
@@ -296,65 +304,77 @@ class _BucketPieces(beam.DoFn):
             parts.append(members)
         index = metadata.append_column("tar_offset", pa.array(offsets, pa.int64()))
         index = index.append_column("tar_size", pa.array(sizes, pa.int64()))
-        return b"".join(parts), table_to_blob(index)
+        return b"".join(parts), index
 
 
 # ---- 4. join the pieces of each shard and write it --------------------------------------------
 
 
-class _WriteShard(beam.DoFn):
-    """Write one shard's tar and Parquet (aside, then renamed); skip what is already in place."""
+def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecord:
+    """Join (tar members, index table) pieces in order into a shard's tar and Parquet.
+
+    Each file is written aside and renamed; one identical to what is already in place is
+    left alone (a resumed run).
+    """
+    tar_path, parquet_path = shard_paths(group, index)
+    tables, parts, size = [], [], 0
+    for members, table in pieces:
+        tables.append(
+            table.set_column(
+                table.schema.get_field_index("tar_offset"),
+                "tar_offset",
+                pc.add(table.column("tar_offset"), size),
+            )
+        )
+        parts.append(members)
+        size += len(members)
+    parts.append(end_of_archive(size))
+    tar_bytes = b"".join(parts)
+    index_table = pa.concat_tables(tables)
+    index_table = index_table.append_column(
+        "shard", pa.array([tar_path.removeprefix("webdataset/")] * index_table.num_rows)
+    )
+    index_table = index_table.append_column(
+        "sample_offset", pa.array(range(index_table.num_rows), pa.int64())
+    )
+    index_table = index_table.select(SHARD_INDEX_SCHEMA.names).cast(SHARD_INDEX_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(index_table, sink, compression="zstd")
+    parquet_bytes = sink.getvalue()
+    rewritten = False
+    digests = {}
+    for path, data in ((tar_path, tar_bytes), (parquet_path, parquet_bytes)):
+        digests[path] = hashlib.sha256(data).hexdigest()
+        uri = storage.join(output, path)
+        if not storage.exists(uri) or storage.sha256_of(uri) != digests[path]:
+            storage.atomic_write(uri, [data])
+            rewritten = True
+    return ShardRecord(
+        group=group,
+        index=index,
+        path=tar_path,
+        samples=index_table.num_rows,
+        bytes=len(tar_bytes),
+        sha256=digests[tar_path],
+        parquet_path=parquet_path,
+        parquet_sha256=digests[parquet_path],
+        rewritten=rewritten,
+    )
+
+
+class _JoinPieces(beam.DoFn):
+    """Read the pieces of a shard that spans buckets, in rank order, and write it."""
 
     def __init__(self, output: str):
         self.output = output
 
     def process(self, element):
         (group, index), pieces = element
-        pieces = sorted(pieces, key=lambda piece: piece[0])
-        tar_path, parquet_path = shard_paths(group, index)
-        tables, parts, size = [], [], 0
-        for _, members_path, index_path in pieces:
-            members = storage.read_bytes(members_path)
-            table = blob_to_table(storage.read_bytes(index_path))
-            tables.append(
-                table.set_column(
-                    table.schema.get_field_index("tar_offset"),
-                    "tar_offset",
-                    pc.add(table.column("tar_offset"), size),
-                )
-            )
-            parts.append(members)
-            size += len(members)
-        parts.append(end_of_archive(size))
-        tar_bytes = b"".join(parts)
-        index_table = pa.concat_tables(tables)
-        index_table = index_table.append_column(
-            "shard", pa.array([tar_path.removeprefix("webdataset/")] * index_table.num_rows)
-        )
-        index_table = index_table.append_column(
-            "sample_offset", pa.array(range(index_table.num_rows), pa.int64())
-        )
-        index_table = index_table.select(SHARD_INDEX_SCHEMA.names).cast(SHARD_INDEX_SCHEMA)
-        sink = io.BytesIO()
-        pq.write_table(index_table, sink, compression="zstd")
-        parquet_bytes = sink.getvalue()
-        rewritten = False
-        for path, data in ((tar_path, tar_bytes), (parquet_path, parquet_bytes)):
-            uri = storage.join(self.output, path)
-            if storage.sha256_of(uri) != hashlib.sha256(data).hexdigest():
-                storage.atomic_write(uri, [data])
-                rewritten = True
-        yield ShardRecord(
-            group=group,
-            index=index,
-            path=tar_path,
-            samples=index_table.num_rows,
-            bytes=len(tar_bytes),
-            sha256=hashlib.sha256(tar_bytes).hexdigest(),
-            parquet_path=parquet_path,
-            parquet_sha256=hashlib.sha256(parquet_bytes).hexdigest(),
-            rewritten=rewritten,
-        )
+        loaded = [
+            (storage.read_bytes(members), blob_to_table(storage.read_bytes(table)))
+            for _, members, table in sorted(pieces, key=lambda piece: piece[0])
+        ]
+        yield write_shard(self.output, group, index, loaded)
 
 
 @dataclass
@@ -363,7 +383,7 @@ class WriteShards(beam.PTransform):
 
     output: str
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
-    buckets: int = DEFAULT_BUCKETS
+    buckets: int = 1
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
 
     def __post_init__(self):
@@ -386,16 +406,19 @@ class WriteShards(beam.PTransform):
         group.add_argument(
             "--sort_buckets",
             type=int,
-            default=DEFAULT_BUCKETS,
-            help="hash buckets the keys are sorted in (changes the order)",
+            default=0,
+            help="hash buckets the keys are sorted in; 0 (default): one per 256 MiB of input. "
+            "Part of what decides the order, so it is recorded in the manifest",
         )
 
     @classmethod
-    def from_args(cls, args, output: str) -> WriteShards:
+    def from_args(cls, args, output: str, input_bytes: int) -> WriteShards:
+        """The transform for the flags; `input_bytes` sizes the buckets when not given."""
+        buckets = args.sort_buckets or max(1, -(-input_bytes // BUCKET_BYTES))
         return cls(
             output=output,
             samples_per_shard=args.samples_per_shard,
-            buckets=args.sort_buckets,
+            buckets=buckets,
             max_caption_chars=args.max_caption_chars,
         )
 
@@ -413,13 +436,15 @@ class WriteShards(beam.PTransform):
             | "Offsets" >> beam.Map(_offsets)
         )
         pieces = by_bucket | "Pieces" >> beam.ParDo(
-            _BucketPieces(self.samples_per_shard, work), offsets=beam.pvalue.AsSingleton(offsets)
-        ).with_outputs(DEAD, STATS, main="pieces")
-        records = (
+            _BucketPieces(self.samples_per_shard, work, self.output),
+            offsets=beam.pvalue.AsSingleton(offsets),
+        ).with_outputs(DEAD, STATS, RECORDS, main="pieces")
+        joined = (
             pieces.pieces
             | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShard(self.output))
+            | "JoinPieces" >> beam.ParDo(_JoinPieces(self.output))
         )
+        records = (pieces[RECORDS], joined) | "AllShards" >> beam.Flatten()
         return {
             "records": records,
             STATS: pieces[STATS],

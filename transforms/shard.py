@@ -37,7 +37,7 @@ from transforms.shard_samples import (
     sample_json,
 )
 from transforms.sinks import open_native
-from transforms.webdataset_tar import end_of_archive, sample_members
+from transforms.webdataset_tar import end_of_archive, sample_parts
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
@@ -113,7 +113,7 @@ class _ReadTables(beam.DoFn):
             source.close()
 
 
-def _spill(work: str, kind: str, place: str, data: bytes, suffix: str) -> str:
+def _spill(work: str, kind: str, place: str, data, suffix: str) -> str:
     # Only the paths a bundle outputs are ever read, so a fresh name per write is safe: the
     # files of a failed, retried bundle are never read (and go with the work folder).
     path = storage.join(work, kind, place, uuid.uuid4().hex + suffix)
@@ -162,7 +162,7 @@ class _SplitTable(beam.DoFn):
             fixes.append([*(prior[i] or []), *made])
         if not kept:
             return
-        rows = table.take(pa.array(kept, pa.int64()))
+        rows = table if len(kept) == table.num_rows else table.take(pa.array(kept, pa.int64()))
         for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
             rows = rows.set_column(
                 rows.schema.get_field_index(name),
@@ -190,8 +190,10 @@ class _SplitTable(beam.DoFn):
             return
         rows = pa.concat_tables(self.buffered)
         places = pa.array(self.places, pa.int64())
-        order = pc.sort_indices(places)
-        rows, places = rows.take(order), places.take(order).to_pylist()
+        if len(set(self.places)) > 1:  # one place (one bucket per group, say): nothing to sort
+            order = pc.sort_indices(places)
+            rows, places = rows.take(order), places.take(order)
+        places = places.to_pylist()
         self.buffered, self.places, self.size = [], [], 0
         start = 0
         while start < len(places):
@@ -289,32 +291,35 @@ class _BucketPieces(beam.DoFn):
             start = stop
 
     @staticmethod
-    def _piece(rows: pa.Table) -> tuple[bytes, pa.Table]:
-        """Tar members of some consecutive samples, and their index rows (offsets in-piece)."""
+    def _piece(rows: pa.Table) -> tuple[list[bytes], pa.Table]:
+        """Tar members of consecutive samples (as parts), and their index rows (in-piece
+        offsets)."""
         metadata = rows.drop_columns(["image"])
         images = rows.column("image")
         parts, offsets, sizes, size = [], [], [], 0
         for i, fields in enumerate(metadata.to_pylist()):
-            members = sample_members(
+            members = sample_parts(
                 fields["key"], images[i].as_py(), sample_json(fields), fields["caption"].encode()
             )
+            length = sum(len(part) for part in members)
             offsets.append(size)
-            sizes.append(len(members))
-            size += len(members)
-            parts.append(members)
+            sizes.append(length)
+            size += length
+            parts.extend(members)
         index = metadata.append_column("tar_offset", pa.array(offsets, pa.int64()))
         index = index.append_column("tar_size", pa.array(sizes, pa.int64()))
-        return b"".join(parts), index
+        return parts, index
 
 
 # ---- 4. join the pieces of each shard and write it --------------------------------------------
 
 
 def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecord:
-    """Join (tar members, index table) pieces in order into a shard's tar and Parquet.
+    """Join (tar member parts, index table) pieces in order into a shard's tar and Parquet.
 
-    Each file is written aside and renamed; one identical to what is already in place is
-    left alone (a resumed run).
+    The parts are hashed and written one after the other, never joined into one copy. Each
+    file is written aside and renamed; one identical to what is in place is left alone (a
+    resumed run).
     """
     tar_path, parquet_path = shard_paths(group, index)
     tables, parts, size = [], [], 0
@@ -326,10 +331,10 @@ def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecor
                 pc.add(table.column("tar_offset"), size),
             )
         )
-        parts.append(members)
-        size += len(members)
+        parts.extend(members)
+        size += sum(len(part) for part in members)
     parts.append(end_of_archive(size))
-    tar_bytes = b"".join(parts)
+    size += len(parts[-1])
     index_table = pa.concat_tables(tables)
     index_table = index_table.append_column(
         "shard", pa.array([tar_path.removeprefix("webdataset/")] * index_table.num_rows)
@@ -340,21 +345,23 @@ def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecor
     index_table = index_table.select(SHARD_INDEX_SCHEMA.names).cast(SHARD_INDEX_SCHEMA)
     sink = io.BytesIO()
     pq.write_table(index_table, sink, compression="zstd")
-    parquet_bytes = sink.getvalue()
     rewritten = False
     digests = {}
-    for path, data in ((tar_path, tar_bytes), (parquet_path, parquet_bytes)):
-        digests[path] = hashlib.sha256(data).hexdigest()
+    for path, chunks in ((tar_path, parts), (parquet_path, [sink.getvalue()])):
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        digests[path] = digest.hexdigest()
         uri = storage.join(output, path)
         if not storage.exists(uri) or storage.sha256_of(uri) != digests[path]:
-            storage.atomic_write(uri, [data])
+            storage.atomic_write(uri, chunks)
             rewritten = True
     return ShardRecord(
         group=group,
         index=index,
         path=tar_path,
         samples=index_table.num_rows,
-        bytes=len(tar_bytes),
+        bytes=size,
         sha256=digests[tar_path],
         parquet_path=parquet_path,
         parquet_sha256=digests[parquet_path],
@@ -371,7 +378,7 @@ class _JoinPieces(beam.DoFn):
     def process(self, element):
         (group, index), pieces = element
         loaded = [
-            (storage.read_bytes(members), blob_to_table(storage.read_bytes(table)))
+            ([storage.read_bytes(members)], blob_to_table(storage.read_bytes(table)))
             for _, members, table in sorted(pieces, key=lambda piece: piece[0])
         ]
         yield write_shard(self.output, group, index, loaded)

@@ -231,16 +231,18 @@ def glob(pattern: str, s3: S3Config = S3Config()) -> list[FileInfo]:
     )
 
 
-def write_bytes(uri: str, data: bytes, s3: S3Config = S3Config()) -> None:
+def write_bytes(uri: str, data, s3: S3Config = S3Config()) -> None:
+    """Write bytes, or a list of byte strings one after the other (no joined copy)."""
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_client(s3).put_object(Bucket=bucket, Key=key, Body=data)
+        _s3_client(s3).put_object(Bucket=bucket, Key=key, Body=b"".join(chunks))
         return
     if "://" not in uri:
         os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-    _gcs(uri)
     with FileSystems.create(uri, compression_type="uncompressed") as handle:
-        handle.write(data)
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 def sha256_of(uri: str, s3: S3Config = S3Config()) -> str | None:

@@ -31,21 +31,46 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def sample_members(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> bytes:
-    """One sample's three tar members (headers, data, padding), as tarfile writes them.
+def _header(name: str, size: int) -> bytes:
+    """A member header, byte for byte what tarfile writes for our fixed metadata.
 
-    Pieces of a shard built apart (by different workers) concatenate into the shard.
+    Built from a template (tarfile takes ~30 us a header, a third of a shard's CPU); names
+    tarfile would give a pax header (long or non-ASCII) go through tarfile itself.
+    """
+    encoded = name.encode("ascii", "strict") if name.isascii() else b""
+    if not encoded or len(encoded) > 100 or size >= 8**11:
+        return _info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    block = bytearray(_TEMPLATE)
+    block[0 : len(encoded)] = encoded
+    block[124:136] = b"%011o\0" % size
+    block[148:156] = b"%06o\0 " % (sum(block[:148]) + 8 * 32 + sum(block[156:]))
+    return bytes(block)
+
+
+# A header of our metadata with an empty name; _header fills in name, size and checksum.
+_TEMPLATE = b"\0" * 100 + _info("x", 0).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")[100:]
+_PADDING = [b"\0" * ((tarfile.BLOCKSIZE - r) % tarfile.BLOCKSIZE) for r in range(tarfile.BLOCKSIZE)]
+
+
+def sample_parts(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> list[bytes]:
+    """One sample's three tar members as a list of byte strings (headers, data, padding).
+
+    Pieces of a shard built apart (by different workers) concatenate into the shard; kept
+    as parts so that the image bytes are copied once, into the file.
     """
     parts = []
     for ext, data in zip(EXTENSIONS, (jpg, json_bytes, txt), strict=True):
-        parts.append(
-            _info(f"{key}.{ext}", len(data)).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        )
+        parts.append(_header(f"{key}.{ext}", len(data)))
         parts.append(data)
-        remainder = len(data) % tarfile.BLOCKSIZE
-        if remainder:
-            parts.append(b"\0" * (tarfile.BLOCKSIZE - remainder))
-    return b"".join(parts)
+        padding = _PADDING[len(data) % tarfile.BLOCKSIZE]
+        if padding:
+            parts.append(padding)
+    return parts
+
+
+def sample_members(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> bytes:
+    """One sample's three tar members (headers, data, padding), as tarfile writes them."""
+    return b"".join(sample_parts(key, jpg, json_bytes, txt))
 
 
 def end_of_archive(size: int) -> bytes:

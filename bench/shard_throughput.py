@@ -5,13 +5,15 @@
 --input is an extract output (run bench/extract_throughput.py first). The shard job runs
 on the in-process runner with one worker in a child process; its samples per CPU second are
 compared with the limit: this process writing the same bytes (each sample's jpg, json and
-txt, built beforehand and held in memory) into one plain tar file with `tarfile`, one core.
+txt, built beforehand and held in memory) into one plain tar file with `tarfile`, one core,
+best of three.
 Run by hand; never part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -73,14 +75,17 @@ def _plain_tar(source: Path, target: Path) -> dict:
                 samples.append(
                     (row["key"], row["image"], sample_json(row), row["caption"].encode())
                 )
-    started = time.process_time()
-    with tarfile.open(target, "w") as tar:
-        for key, *payloads in samples:
-            for ext, data in zip(("jpg", "json", "txt"), payloads, strict=True):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, fileobj=__import__("io").BytesIO(data))
-    cpu = time.process_time() - started
+    # Best of three: writing 1+ GB goes at the page cache's pace, which varies run to run.
+    cpu = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        with tarfile.open(target, "w") as tar:
+            for key, *payloads in samples:
+                for ext, data in zip(("jpg", "json", "txt"), payloads, strict=True):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, fileobj=io.BytesIO(data))
+        cpu = min(cpu, time.process_time() - started)
     return {
         "samples": len(samples),
         "bytes": target.stat().st_size,

@@ -21,7 +21,15 @@ from pipelines.options import RunOptions, ShardOptions
 from pipelines.runner import REPORT, main_of, make_pipeline, run_and_report
 from transforms import dataset_card, report, storage
 from transforms.outcomes import DEAD
-from transforms.shard import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, read_tables
+from transforms.shard import (
+    COUNTS,
+    STAGE,
+    STATS,
+    WORK_DIR,
+    WriteShards,
+    count_rows,
+    read_tables,
+)
 from transforms.sinks import WriteDeadLetters
 
 RUN_FILE = "_run.json"
@@ -71,6 +79,9 @@ def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> s
     if present:
         previous = json.loads(storage.read_bytes(run_uri)) if RUN_FILE in present else None
         if previous == fingerprint and not overwrite:
+            # Shards stay (identical ones are kept); what describes a run is made anew.
+            for part in ("dead_letter", "charts", dataset_card.MANIFEST, dataset_card.CARD, REPORT):
+                storage.remove(storage.join(output, part))
             mode = "resume"
         elif overwrite:
             for part in present:
@@ -155,7 +166,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
     files = input_files(figure_files(opts.input))
     shards = WriteShards.from_args(
-        options.view_as(ShardOptions), opts.output, sum(f.size for f in files)
+        options.view_as(ShardOptions), opts.output, count_rows([f.uri for f in files])
     )
     parameters = {
         "samples_per_shard": shards.samples_per_shard,

@@ -10,6 +10,7 @@ the subset has shards, Parquet, manifest, card and report of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -26,14 +27,15 @@ from pipelines.shard import (
 )
 from transforms import report, storage
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
-from transforms.records import SHARD_INDEX_SCHEMA
+from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement
 from transforms.row_filter import FilterError, compile_where
-from transforms.shard import WORK_DIR, WriteShards, rows_to_tables
+from transforms.shard import WORK_DIR, WriteShards, count_rows, rows_to_tables
 from transforms.webdataset_tar import read_images
 
 STAGE = "subset"
 SUBSET_STAGES = {STAGE: ("out", "filtered", "dead_letter")}
-_PLACEMENT = ("shard", "sample_offset", "tar_offset", "tar_size")
+# The columns a shard's Parquet adds; `fixes` travels on with the sample.
+_PLACEMENT = tuple(f.name for f in dataclasses.fields(ShardPlacement) if f.name != "fixes")
 
 
 class _Match(beam.DoFn):
@@ -91,9 +93,9 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
     pattern = storage.join(opts.input, "parquet", "*", "*.parquet")
     files = input_files(pattern)
-    tars = storage.glob(storage.join(opts.input, "webdataset", "*", "*.tar"))
+    # Buckets sized from the whole source: the subset's size is known only once it is read.
     shards = WriteShards.from_args(
-        options.view_as(ShardOptions), opts.output, sum(f.size for f in tars)
+        options.view_as(ShardOptions), opts.output, count_rows([f.uri for f in files])
     )
     parameters = {
         "where": where,

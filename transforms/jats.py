@@ -546,12 +546,16 @@ def figure_candidates(article_el, pmcid: str) -> tuple[list[GraphicCandidate], i
                     paragraph_text[paragraph] = text_of(paragraph)
                 context.append(paragraph_text[paragraph])
         base = safe_key_part(ident)
-        key_id = base
-        suffix = 2
-        while key_id in used_keys:
+        key_id, suffix = base, 2
+
+        def full_keys(key_id: str, count: int = len(members)) -> set[str]:
+            # What sample_key will make of it: "F1", or "F1_1", "F1_2" for several images.
+            return {key_id} if count == 1 else {f"{key_id}_{i}" for i in range(1, count + 1)}
+
+        while full_keys(key_id) & used_keys:
             key_id = f"{base}-{suffix}"
             suffix += 1
-        used_keys.add(key_id)
+        used_keys.update(full_keys(key_id))
         for index, (chosen, others, _) in enumerate(members, 1):
             candidates.append(
                 GraphicCandidate(

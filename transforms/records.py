@@ -161,7 +161,6 @@ def arrow_schema(cls, exclude: tuple[str, ...] = ()) -> pa.Schema:
 ARTICLE_SCHEMA = arrow_schema(Article)
 # A figure row carries its article's fields beside its own, as the shard JSON does.
 FIGURE_SCHEMA = pa.schema(list(arrow_schema(Figure)) + list(ARTICLE_SCHEMA))
-DEAD_LETTER_SCHEMA = arrow_schema(DeadLetter)
 DUPLICATE_SCHEMA = arrow_schema(Duplicate)
 
 

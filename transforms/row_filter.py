@@ -29,13 +29,14 @@ _COMPARE = {
 
 
 def _contains(container, item) -> bool:
-    if container is None:
-        return False
     if isinstance(container, str):
         return isinstance(item, str) and item in container
-    return item in container
+    if isinstance(container, (list, tuple, set)):
+        return item in container
+    return False  # None, numbers, booleans: nothing is "in" them
 
 
+_ARITY = {"lower": 1, "upper": 1, "len": 1, "contains": 2, "startswith": 2, "any_of": 2}
 _FUNCTIONS: dict[str, Callable] = {
     "lower": lambda v: v.lower() if isinstance(v, str) else v,
     "upper": lambda v: v.upper() if isinstance(v, str) else v,
@@ -112,6 +113,10 @@ def _compile(node, fields: set[str] | None):
         function = _FUNCTIONS.get(node.func.id)
         if function is None:
             raise FilterError(f"unknown function {node.func.id!r}; use {sorted(_FUNCTIONS)}")
+        if len(node.args) != _ARITY[node.func.id]:
+            raise FilterError(
+                f"{node.func.id}() takes {_ARITY[node.func.id]} argument(s), not {len(node.args)}"
+            )
         args = [_compile(a, fields) for a in node.args]
         return lambda row: function(*[a(row) for a in args])
     raise FilterError(f"unsupported syntax: {ast.dump(node)[:80]}")

@@ -29,7 +29,13 @@ import pyarrow.parquet as pq
 from transforms import storage
 from transforms.licenses import GROUPS, OTHER
 from transforms.outcomes import DEAD, dead
-from transforms.records import FIGURE_SCHEMA, SHARD_INDEX_SCHEMA, ShardRecord
+from transforms.records import (
+    FIGURE_SCHEMA,
+    SHARD_INDEX_SCHEMA,
+    ShardPlacement,
+    ShardRecord,
+    arrow_schema,
+)
 from transforms.shard_samples import (
     DEFAULT_MAX_CAPTION_CHARS,
     SampleRejected,
@@ -41,7 +47,10 @@ from transforms.webdataset_tar import end_of_archive, sample_parts
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
-BUCKET_BYTES = 256 << 20  # what one worker holds to sort a bucket, roughly
+# Samples per key bucket when --sort_buckets is not given: what one worker holds to sort a
+# bucket (about 200 MB of 100 kB figures). From the row count, not file sizes, so that the
+# same rows written differently (another extract run) get the same buckets and shards.
+ROWS_PER_BUCKET = 2048
 WORK_DIR = "_work"  # spilled rows and shard pieces of a run in progress
 COUNTS = "counts"  # (count name, n) pairs for the run report
 STATS = "stats"  # ((group, journal, year), n) for the dataset card
@@ -49,7 +58,7 @@ RECORDS = "records"  # ShardRecords of shards written whole by one bucket
 KEYS = "keys"  # ((group, bucket), keys of one spilled table): bucket sizes come from these
 
 # Rows as the shard stage holds them: a figure row plus the fixes made on the way.
-WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [pa.field("fixes", pa.list_(pa.string()))])
+WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [arrow_schema(ShardPlacement).field("fixes")])
 
 
 def group_of(value) -> str:
@@ -107,10 +116,12 @@ class _ReadTables(beam.DoFn):
 
     def process(self, uri: str):
         source = open_native(uri)
-        for batch in pq.ParquetFile(source, pre_buffer=False).iter_batches(self.batch_rows):
-            yield pa.Table.from_batches([batch])
-        if not isinstance(source, str):
-            source.close()
+        try:
+            for batch in pq.ParquetFile(source, pre_buffer=False).iter_batches(self.batch_rows):
+                yield pa.Table.from_batches([batch])
+        finally:
+            if not isinstance(source, str):
+                source.close()
 
 
 def _spill(work: str, kind: str, place: str, data, suffix: str) -> str:
@@ -232,6 +243,24 @@ def _offsets(sizes: list) -> dict:
 # ---- 3. every bucket writes its pieces of the shards it overlaps -----------------------------
 
 
+def _one_row_per_key(table: pa.Table, keys: list[str]) -> tuple[pa.Table, list]:
+    """Keep, of rows sharing a key, the one with the smallest (image hash, JSON): a choice
+    that depends on the rows only, never on the order they arrived in."""
+    rows = table.drop_columns(["image"]).to_pylist()
+    keep, dropped, start = [], [], 0
+    while start < len(keys):
+        stop = start
+        while stop < len(keys) and keys[stop] == keys[start]:
+            stop += 1
+        ranked = sorted(
+            range(start, stop), key=lambda i: (rows[i]["image_hash"] or "", sample_json(rows[i]))
+        )
+        keep.append(ranked[0])
+        dropped += [(keys[i], str(rows[i]["image_source"] or "")) for i in ranked[1:]]
+        start = stop
+    return table.take(pa.array(sorted(keep), pa.int64())), dropped
+
+
 class _BucketPieces(beam.DoFn):
     def __init__(self, per_shard: int, work: str, output: str):
         self.per_shard, self.work, self.output = per_shard, work, output
@@ -239,25 +268,19 @@ class _BucketPieces(beam.DoFn):
     def process(self, element, offsets: dict):
         (group, bucket), paths = element
         table = pa.concat_tables([blob_to_table(storage.read_bytes(p)) for p in sorted(set(paths))])
-        # Same key twice: the smaller image hash (then caption, then source) wins, whatever
-        # order the rows arrived in.
-        order = pc.sort_indices(
-            table, [(c, "ascending") for c in ("key", "image_hash", "caption", "image_source")]
-        )
-        table = table.take(order)
+        table = table.take(pc.sort_indices(table, [("key", "ascending")]))
         keys = table.column("key").to_pylist()
-        first = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
-        if len(first) < len(keys):
-            sources = table.column("image_source").to_pylist()
-            for i in sorted(set(range(len(keys))) - set(first)):
+        if len(set(keys)) < len(keys):
+            table, dropped = _one_row_per_key(table, keys)
+            for key, source in dropped:
                 yield dead(
                     STAGE,
-                    keys[i],
+                    key,
                     "duplicate_key",
-                    "another row has the same key; the one with the smaller image hash is kept",
-                    str(sources[i] or ""),
+                    "another row has the same key; the one "
+                    "with the smaller image hash (then JSON) is kept",
+                    source,
                 )
-            table = table.take(pa.array(first, pa.int64()))
         base = offsets[(group, bucket)]
         stats = Counter(
             zip(
@@ -414,14 +437,14 @@ class WriteShards(beam.PTransform):
             "--sort_buckets",
             type=int,
             default=0,
-            help="hash buckets the keys are sorted in; 0 (default): one per 256 MiB of input. "
+            help="hash buckets the keys are sorted in; 0 (default): one per 2,048 input rows. "
             "Part of what decides the order, so it is recorded in the manifest",
         )
 
     @classmethod
-    def from_args(cls, args, output: str, input_bytes: int) -> WriteShards:
-        """The transform for the flags; `input_bytes` sizes the buckets when not given."""
-        buckets = args.sort_buckets or max(1, -(-input_bytes // BUCKET_BYTES))
+    def from_args(cls, args, output: str, input_rows: int) -> WriteShards:
+        """The transform for the flags; `input_rows` sizes the buckets when not given."""
+        buckets = args.sort_buckets or max(1, -(-input_rows // ROWS_PER_BUCKET))
         return cls(
             output=output,
             samples_per_shard=args.samples_per_shard,
@@ -474,6 +497,19 @@ def rows_to_tables(rows, batch_rows: int = 256):
             )
         )
     )
+
+
+def count_rows(files: list[str]) -> int:
+    """Rows of Parquet files, from their footers."""
+    total = 0
+    for uri in files:
+        source = open_native(uri)
+        try:
+            total += pq.ParquetFile(source).metadata.num_rows
+        finally:
+            if not isinstance(source, str):
+                source.close()
+    return total
 
 
 def read_tables(files, batch_rows: int = 256):

@@ -147,23 +147,25 @@ class _CopyKeeping(beam.DoFn):
         kept = 0
         drop = pa.array(sorted(dropped), pa.string())
         source = open_native(staged)
-        # pre_buffer caches every range the iterator has read: memory grows with the file.
-        table_file = pq.ParquetFile(source, pre_buffer=False)
-        with FileSystems.create(aside, compression_type="uncompressed") as sink:
-            with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
-                for batch in table_file.iter_batches(batch_size=self.batch_rows):
-                    table = pa.Table.from_batches([batch], schema=self.schema)
-                    if len(drop):
-                        table = table.filter(pc.invert(pc.is_in(table["key"], value_set=drop)))
-                    if table.num_rows:
-                        writer.write_table(table)
-                    kept += table.num_rows
-        if not isinstance(source, str):
-            source.close()
+        try:
+            # pre_buffer caches every range the iterator has read: memory grows with the file.
+            table_file = pq.ParquetFile(source, pre_buffer=False)
+            with FileSystems.create(aside, compression_type="uncompressed") as sink:
+                with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
+                    for batch in table_file.iter_batches(batch_size=self.batch_rows):
+                        table = pa.Table.from_batches([batch], schema=self.schema)
+                        if len(drop):
+                            table = table.filter(pc.invert(pc.is_in(table["key"], value_set=drop)))
+                        if table.num_rows:
+                            writer.write_table(table)
+                        kept += table.num_rows
+        finally:
+            if not isinstance(source, str):
+                source.close()
         if FileSystems.exists(final):
             FileSystems.delete([final])
         FileSystems.rename([aside], [final])
-        FileSystems.delete([staged])
+        # The staged file stays until the run ends: a retried bundle reads it again.
         yield kept
 
 

@@ -173,10 +173,16 @@ def exists(uri: str, s3: S3Config = S3Config()) -> bool:
     return FileSystems.exists(uri)
 
 
-def list_prefix(prefix: str, s3: S3Config = S3Config()) -> Iterator[FileInfo]:
-    """Every file under a prefix (recursively), with size and modification time."""
+def list_prefix(prefix: str, s3: S3Config = S3Config(), folder: bool = True) -> Iterator[FileInfo]:
+    """Every file under a folder (recursively), with size and modification time.
+
+    On S3 `folder=False` lists a raw key prefix ("PMC1" also matches "PMC12/..."); a folder
+    ("PMC1.1") never matches its neighbours ("PMC1.10/...").
+    """
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
+        if folder and key and not key.endswith("/"):
+            key += "/"
         paginator = _s3_client(s3).get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             for obj in page.get("Contents", []):
@@ -207,7 +213,7 @@ def glob(pattern: str, s3: S3Config = S3Config()) -> list[FileInfo]:
     _gcs(pattern)
     if not any(ch in pattern for ch in "*?["):
         if is_s3(pattern):
-            return [f for f in list_prefix(pattern, s3) if f.uri == pattern]
+            return [f for f in list_prefix(pattern, s3, folder=False) if f.uri == pattern]
         if FileSystems.exists(pattern):
             matched = FileSystems.match([pattern])[0].metadata_list
             return [
@@ -218,7 +224,11 @@ def glob(pattern: str, s3: S3Config = S3Config()) -> list[FileInfo]:
     if is_s3(pattern):
         literal = pattern.split("*")[0].split("?")[0].split("[")[0]
         return sorted(
-            (f for f in list_prefix(literal, s3) if fnmatch.fnmatchcase(f.uri, pattern)),
+            (
+                f
+                for f in list_prefix(literal, s3, folder=False)
+                if fnmatch.fnmatchcase(f.uri, pattern)
+            ),
             key=lambda f: f.uri,
         )
     matched = FileSystems.match([pattern])[0].metadata_list
@@ -277,8 +287,7 @@ def atomic_write(uri: str, chunks, s3: S3Config = S3Config()) -> None:
         if FileSystems.exists(aside):
             FileSystems.delete([aside])
         raise
-    if FileSystems.exists(uri):
-        FileSystems.delete([uri])
+    # The rename replaces an older file in one step: no moment without a complete file.
     FileSystems.rename([aside], [uri])
 
 

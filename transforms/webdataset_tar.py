@@ -92,19 +92,6 @@ def build_shard(samples: list[tuple[str, bytes, bytes, bytes]]) -> tuple[bytes, 
     return b"".join(parts), spans
 
 
-def read_shard(stream) -> dict[str, dict[str, bytes]]:
-    """{key: {ext: bytes}} of a shard, read forward only (works on any stream)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            handle = tar.extractfile(member)
-            samples.setdefault(key, {})[ext] = handle.read() if handle else b""
-    return samples
-
-
 def read_images(stream, keys: set[str]) -> dict[str, bytes]:
     """{key: jpg bytes} for the wanted keys of a shard, read forward only."""
     found: dict[str, bytes] = {}

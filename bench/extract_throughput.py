@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.child import run_pipeline  # noqa: E402
 from transforms.images import decode_only  # noqa: E402
 from transforms.sample_corpus import generate_corpus  # noqa: E402
 
@@ -38,38 +38,15 @@ def _corpus(workdir: Path, articles: int, image_side: int) -> Path:
 
 
 def _run_extract(corpus: Path, output: Path) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.extract",
-        "--source",
-        str(corpus),
-        "--output",
-        str(output),
-        "--overwrite",
-        "--direct_num_workers",
-        "1",
-    ]
-    started = time.time()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.time() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"extract failed: {' '.join(command)}")
-    report = json.loads((output / "run_report.json").read_text())
+    report, measured = run_pipeline("extract", output, "--source", str(corpus))
     figures = report["stages"]["extract_figures"]["out"]
-    cpu = usage.ru_utime + usage.ru_stime
     return {
-        "command": " ".join(command),
+        **measured,
         "articles_in": report["stages"]["extract_articles"]["in"],
         "figure_samples": figures,
         "after_dedupe": report["stages"]["dedupe"]["out"],
-        "wall_s": round(wall, 2),
-        "cpu_s": round(cpu, 2),
-        "samples_per_wall_s": round(figures / wall, 1),
-        "samples_per_cpu_s": round(figures / cpu, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "balanced": report["balanced"],
+        "samples_per_wall_s": round(figures / measured["wall_s"], 1),
+        "samples_per_cpu_s": round(figures / measured["cpu_s"], 1),
     }
 
 

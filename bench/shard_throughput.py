@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -27,42 +25,20 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from bench.child import run_pipeline  # noqa: E402
 from transforms.shard_samples import sample_json, sanitize  # noqa: E402
 
 
 def _run_shard(source: Path, output: Path, per_shard: int) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.shard",
-        "--input",
-        str(source),
-        "--output",
-        str(output),
-        "--overwrite",
-        "--samples_per_shard",
-        str(per_shard),
-        "--direct_num_workers",
-        "1",
-    ]
-    started = time.time()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.time() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"shard failed: {' '.join(command)}")
-    report = json.loads((output / "run_report.json").read_text())
+    report, measured = run_pipeline(
+        "shard", output, "--input", str(source), "--samples_per_shard", str(per_shard)
+    )
     samples = report["stages"]["shard"]["out"]
-    cpu = usage.ru_utime + usage.ru_stime
     return {
-        "command": " ".join(command),
+        **measured,
         "samples": samples,
         "bytes": sum(p.stat().st_size for p in output.glob("webdataset/*/*.tar")),
-        "wall_s": round(wall, 2),
-        "cpu_s": round(cpu, 2),
-        "samples_per_cpu_s": round(samples / cpu, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "balanced": report["balanced"],
+        "samples_per_cpu_s": round(samples / measured["cpu_s"], 1),
     }
 
 

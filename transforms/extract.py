@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 
 from transforms import images, jats, legacy, storage
+from transforms.errors import Rejected
 from transforms.licenses import license_group, normalize_license
 from transforms.media import resolve
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
@@ -26,11 +27,8 @@ FIGURES = "extract_figures"
 FIGURE_ROWS = "figures"
 
 
-class FetchError(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class FetchError(Rejected):
+    """An article whose files cannot be fetched."""
 
 
 @dataclass

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile
 
+from transforms.errors import Rejected
+
 MIN_SIDE = 20
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb bound
 MAX_BYTES = 64 * 1024 * 1024
@@ -30,11 +32,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 _KEEP_JPEG_MODES = ("RGB", "L")
 
 
-class ImageRejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class ImageRejected(Rejected):
+    """An image that cannot become a sample."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from transforms.errors import Rejected
 from transforms.jats_text import inline_text, local_name, text_of
 from transforms.licenses import license_group, normalize_license
 from transforms.records import Article
@@ -50,13 +51,8 @@ _MONTHS = {
 }
 
 
-class JatsError(Exception):
-    """An article XML that cannot be turned into records; `reason` is a stable code."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class JatsError(Rejected):
+    """An article XML that cannot be turned into records."""
 
 
 @dataclass

@@ -17,17 +17,15 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from transforms.errors import Rejected
 from transforms.media import IMAGE_EXTENSIONS
 
 XML_EXTENSIONS = (".nxml", ".xml")
 _PMCID = re.compile(r"PMC\d+")
 
 
-class PackageError(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class PackageError(Rejected):
+    """A package that cannot be trusted or read at all."""
 
 
 @dataclass

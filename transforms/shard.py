@@ -376,7 +376,7 @@ def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecor
             digest.update(chunk)
         digests[path] = digest.hexdigest()
         uri = storage.join(output, path)
-        if not storage.exists(uri) or storage.sha256_of(uri) != digests[path]:
+        if storage.sha256_of(uri) != digests[path]:  # None where there is no file yet
             storage.atomic_write(uri, chunks)
             rewritten = True
     return ShardRecord(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -42,3 +43,48 @@ def run_extract(argv: list[str]) -> dict:
     from pipelines.extract import run
 
     return run(argv)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str):
+    """A gcp-storage-emulator on 127.0.0.1 with `bucket`, and a client of it.
+
+    STORAGE_EMULATOR_HOST points Beam's gs:// filesystem at it for the duration; the
+    environment is restored afterwards.
+    """
+    from gcp_storage_emulator.server import create_server
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    saved = {name: os.environ.get(name) for name in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        yield gcs.Client(project="test", credentials=AnonymousCredentials())
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+PORTABLE_RUNNER = [
+    "--runner",
+    "PortableRunner",
+    "--job_endpoint",
+    "embed",
+    "--environment_type",
+    "LOOPBACK",
+]

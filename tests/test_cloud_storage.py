@@ -12,8 +12,6 @@ import csv
 import gzip
 import io
 import json
-import os
-import socket
 import tarfile
 import time
 from datetime import datetime, timedelta
@@ -24,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
-from conftest import read_dead_letters, read_table, run_extract
+from conftest import free_port, read_dead_letters, read_table, run_extract
+from conftest import gcs_emulator as emulated_gcs
 
 from transforms import storage
 from transforms.sample_corpus import generate_corpus
@@ -45,12 +44,6 @@ AWS_CREDENTIAL_ENV = (
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def corpus_files(root: Path) -> list[tuple[str, Path]]:
@@ -274,10 +267,14 @@ def test_s3_legacy_packages_by_glob_with_file_list(
     )
     report = run_extract(
         [
-            "--source", f"s3://{bucket}/oa_package/*/*/*.tar.gz",
-            "--file_list", f"s3://{bucket}/oa_file_list.csv",
-            "--s3_endpoint_url", endpoint,
-            "--output", str(tmp_path),
+            "--source",
+            f"s3://{bucket}/oa_package/*/*/*.tar.gz",
+            "--file_list",
+            f"s3://{bucket}/oa_file_list.csv",
+            "--s3_endpoint_url",
+            endpoint,
+            "--output",
+            str(tmp_path),
         ]
     )
     assert report["balanced"], report
@@ -368,28 +365,11 @@ def test_s3_private_objects_are_dead_letters(
 
 @pytest.fixture(scope="module")  # it sets STORAGE_EMULATOR_HOST: not beyond this file
 def gcs_emulator(corpus):
-    from gcp_storage_emulator.server import create_server
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
-
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
-    server.start()
-    saved = {name: os.environ.get(name) for name in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    try:
-        client = gcs.Client(project="test", credentials=AnonymousCredentials())
+    with emulated_gcs(GCS_BUCKET) as client:
         bucket = client.bucket(GCS_BUCKET)
         for key, path in corpus_files(corpus):
             bucket.blob(f"corpus/{key}").upload_from_filename(str(path))
         yield client
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
 
 
 def gcs_table(client, prefix: str) -> list[dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import read_table, run_extract
+from conftest import PORTABLE_RUNNER, read_table, run_extract
 
 from transforms.sample_corpus import generate_corpus
 
@@ -22,14 +22,7 @@ MULTI_PROCESS = ["--direct_running_mode", "multi_processing", "--direct_num_work
 RUNNERS = {
     "direct-multi-processing": ["--runner", "DirectRunner", *MULTI_PROCESS],
     "in-process-multi-processing": MULTI_PROCESS,
-    "portable-embed-loopback": [
-        "--runner",
-        "PortableRunner",
-        "--job_endpoint",
-        "embed",
-        "--environment_type",
-        "LOOPBACK",
-    ],
+    "portable-embed-loopback": PORTABLE_RUNNER,
 }
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import tarfile
 import time
 from collections import Counter
@@ -25,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import webdataset
-from conftest import read_dead_letters, read_table, run_extract
+from conftest import PORTABLE_RUNNER, gcs_emulator, read_dead_letters, read_table, run_extract
 from PIL import Image
 
 from pipelines import shard as shard_pipeline
@@ -97,12 +95,6 @@ def assert_balanced(report: dict, stage: str = "shard") -> dict:
     counts = report["stages"][stage]
     assert counts["balanced"], report
     return counts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def row_fields(row: dict) -> dict:
@@ -335,16 +327,7 @@ def test_same_bytes_on_other_runners(built, tmp_path):
 
     portable = tmp_path / "portable"
     started = time.monotonic()
-    report = run_shard(
-        built["extract"],
-        portable,
-        "--runner",
-        "PortableRunner",
-        "--job_endpoint",
-        "embed",
-        "--environment_type",
-        "LOOPBACK",
-    )
+    report = run_shard(built["extract"], portable, *PORTABLE_RUNNER)
     assert time.monotonic() - started < 60
     assert_balanced(report)
     assert digests(portable, "webdataset", "parquet", "manifest.json") == reference
@@ -603,24 +586,8 @@ GCS_BUCKET = "shard-test"
 
 @pytest.fixture
 def gcs_client():
-    from gcp_storage_emulator.server import create_server
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
-
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
-    server.start()
-    saved = {name: os.environ.get(name) for name in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    try:
-        yield gcs.Client(project="test", credentials=AnonymousCredentials())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
+    with gcs_emulator(GCS_BUCKET) as client:
+        yield client
 
 
 def test_gcs_output(built, gcs_client):

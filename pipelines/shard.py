@@ -21,15 +21,8 @@ from pipelines.options import RunOptions, ShardOptions
 from pipelines.runner import REPORT, main_of, make_pipeline, run_and_report
 from transforms import dataset_card, report, storage
 from transforms.outcomes import DEAD
-from transforms.shard import (
-    COUNTS,
-    STAGE,
-    STATS,
-    WORK_DIR,
-    WriteShards,
-    count_rows,
-    read_tables,
-)
+from transforms.shard import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, count_rows
+from transforms.shard_sources import ParquetSource
 from transforms.sinks import WriteDeadLetters
 
 RUN_FILE = "_run.json"
@@ -107,7 +100,7 @@ def _finish(records, stats, output: str, source: str, parameters: dict):
 
 
 def write_dataset(
-    tables,
+    units,
     output: str,
     shards: WriteShards,
     source: str,
@@ -117,12 +110,12 @@ def write_dataset(
     earlier_dead=(),
     earlier_stages=None,
 ):
-    """Shards, Parquet, manifest, card, dead letters and report from Arrow tables of rows.
+    """Shards, Parquet, manifest, card, dead letters and report from the units of a source.
 
     A pipeline with stages before this one passes their count pairs, dead letters and
     balance terms, so that one report and one dead-letter folder cover the whole run.
     """
-    written = tables | "Shards" >> shards
+    written = units | "Shards" >> shards
     stats = written[STATS] | "CardCounts" >> beam.CombinePerKey(sum)
     records = written["records"]
     (
@@ -145,6 +138,11 @@ def write_dataset(
         records
         | "ShardsKept"
         >> beam.Map(lambda r: (f"{STAGE}.shards_{'written' if r.rewritten else 'kept'}", 1)),
+        records
+        | "ShardsJoined"
+        >> beam.FlatMap(
+            lambda r: [(f"{STAGE}.shards_joined_from_pieces", 1)] if r.pieces > 1 else []
+        ),
         dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
         *earlier_counts,
     )
@@ -166,11 +164,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
     files = input_files(figure_files(opts.input))
     shards = WriteShards.from_args(
-        options.view_as(ShardOptions), opts.output, count_rows([f.uri for f in files])
+        options.view_as(ShardOptions),
+        opts.output,
+        ParquetSource(),
+        count_rows([f.uri for f in files]),
     )
     parameters = {
         "samples_per_shard": shards.samples_per_shard,
-        "sort_buckets": shards.buckets,
         "max_caption_chars": shards.max_caption_chars,
     }
     mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
@@ -183,9 +183,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         "parameters": parameters,
     }
     p = make_pipeline(options, test_pipeline)
-    files = p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files))
     write_dataset(
-        read_tables(files | "SpreadFiles" >> beam.Reshuffle()),
+        p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files)),
         opts.output,
         shards,
         opts.input,

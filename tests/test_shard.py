@@ -31,8 +31,7 @@ from pipelines import subset as subset_pipeline
 from transforms import dataset_card, storage
 from transforms.records import FIGURE_SCHEMA
 from transforms.sample_corpus import generate_corpus
-from transforms.shard import bucket_of
-from transforms.shard_samples import SampleRejected, sample_json, sanitize
+from transforms.shard_samples import SampleRejected, sample_json, sample_jsons, sanitize
 from transforms.webdataset_tar import build_shard
 
 PER_SHARD = "7"
@@ -99,6 +98,28 @@ def assert_balanced(report: dict, stage: str = "shard") -> dict:
 
 def row_fields(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "image"}
+
+
+def input_order(files: list[Path]) -> dict[str, list[str]]:
+    """{group: keys} in (file, row) order: the order a group's samples run in its shards."""
+    order: dict[str, list[str]] = {}
+    for path in files:
+        table = pq.read_table(path, columns=["key", "article_license_group"])
+        for key, group in zip(*(table.column(i).to_pylist() for i in range(2)), strict=True):
+            order.setdefault(group, []).append(key)
+    return order
+
+
+def shard_order(root: Path, group: str) -> list[str]:
+    """Keys of a group's samples as its tars hold them; a sample's members are consecutive."""
+    order = []
+    for path in tar_paths(root, group):
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+        keys = [n.rsplit(".", 1)[0] for n in names][::3]
+        assert names == [f"{k}.{ext}" for k in keys for ext in ("jpg", "json", "txt")]
+        order += keys
+    return order
 
 
 # ---- the dataset, built once --------------------------------------------------------------------
@@ -176,17 +197,11 @@ def test_webdataset_reads_every_sample(built):
         meta = sample["json"]
         assert meta["txt"] == row["caption"] and meta["fixes"] == []
         assert {k: v for k, v in meta.items() if k not in SIDE_FIELDS} == row_fields(row)
-    # Members of a sample are consecutive; a group's samples run in (hash bucket, key) order.
-    buckets = manifest_of(dataset)["parameters"]["sort_buckets"]
-    for group in manifest_of(dataset)["groups"]:
-        order = []
-        for path in tar_paths(dataset, group):
-            with tarfile.open(path) as tar:
-                names = tar.getnames()
-            keys = [n.rsplit(".", 1)[0] for n in names][::3]
-            assert names == [f"{k}.{ext}" for k in keys for ext in ("jpg", "json", "txt")]
-            order += keys
-        assert order == sorted(order, key=lambda k: (bucket_of(k, buckets), k))
+    # A group's samples run in input order: the extract's files sorted, rows as they lie.
+    expected = input_order(sorted((built["extract"] / "extract" / "figures").glob("*.parquet")))
+    assert set(expected) == set(manifest_of(dataset)["groups"])
+    for group, keys in expected.items():
+        assert shard_order(dataset, group) == keys
 
 
 # ---- 2. Hugging Face datasets -------------------------------------------------------------------
@@ -333,36 +348,37 @@ def test_same_bytes_on_other_runners(built, tmp_path):
     assert digests(portable, "webdataset", "parquet", "manifest.json") == reference
 
 
-def test_shards_spanning_buckets_are_joined_in_order(built, tmp_path):
-    """With many buckets, shards are joined from pieces: same samples, order and bytes."""
-    flags = ("--sort_buckets", "5")
+def test_shards_spanning_input_files_are_joined_in_order(built, tmp_path):
+    """The same rows split over several files (named in their order) give the same bytes:
+    shards that straddle files are joined from pieces, on one worker or two."""
+    figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(path) for path in figures)
+    split = tmp_path / "split"
+    split.mkdir()
+    # Sizes that are no multiple of 7: most shards of each group straddle two files.
+    bounds = [0, 5, 16, 17, 33, table.num_rows]
+    for i, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        pq.write_table(table.slice(start, stop - start), split / f"part-{i}.parquet")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_balanced(run_shard(built["extract"], one, *flags))
+    counts = assert_balanced(run_shard(split / "*.parquet", one))
+    assert counts["shards_joined_from_pieces"] >= 4
+    assert "shards_joined_from_pieces" not in assert_balanced(built["report"])
     assert_balanced(
         run_shard(
-            built["extract"],
+            split / "*.parquet",
             two,
-            *flags,
             "--direct_running_mode",
             "multi_processing",
             "--direct_num_workers",
             "2",
         )
     )
-    assert digests(one, "webdataset", "parquet") == digests(two, "webdataset", "parquet")
-    samples = read_samples(one)
-    assert set(samples) == set(built["figures"])
-    for key, sample in samples.items():
-        assert sample["jpg"] == built["figures"][key]["image"]
-    manifest = manifest_of(one)
-    assert manifest["parameters"]["sort_buckets"] == 5
-    for group in manifest["groups"]:
-        order = []
-        for path in tar_paths(one, group):
-            with tarfile.open(path) as tar:
-                order += [n.rsplit(".", 1)[0] for n in tar.getnames()][::3]
-        assert order == sorted(order, key=lambda k: (bucket_of(k, 5), k))
-        counts = [e["samples"] for e in manifest["shards"] if e["group"] == group]
+    shards = ("webdataset", "parquet")
+    assert digests(one, *shards) == digests(two, *shards) == digests(built["dataset"], *shards)
+    expected = input_order(sorted(split.glob("*.parquet")))
+    for group, keys in expected.items():
+        assert shard_order(one, group) == keys
+        counts = [e["samples"] for e in manifest_of(one)["shards"] if e["group"] == group]
         assert all(n == 7 for n in counts[:-1]) and 0 < counts[-1] <= 7
     assert not (one / "_work").exists()
 
@@ -493,6 +509,21 @@ def test_sanitize_unit():
         assert err.value.reason == reason
 
 
+def test_batch_json_equals_row_json(built):
+    """The shard writer's batch JSON (article part serialized once per run of rows) is byte
+    for byte the JSON of each row, also where rows of one article differ in one field."""
+    rows = [sanitize(row) for row in built["figures"].values()]
+    rows.sort(key=lambda r: r["key"])  # figures of an article together
+    twin = {**rows[1], "article_keywords": [*rows[1]["article_keywords"], "changed"]}
+    rows = [rows[0], rows[1], twin, rows[1], *rows[2:]]
+    assert rows[0]["article_accession_id"] == rows[1]["article_accession_id"]
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    assert sample_jsons(columns) == [sample_json(row) for row in rows]
+    # A field that would sort before the article's ones: the plain path, same bytes.
+    odd = {**columns, "aaa": list(range(len(rows)))}
+    assert sample_jsons(odd) == [sample_json({**r, "aaa": i}) for i, r in enumerate(rows)]
+
+
 def test_bad_input_fixed_or_dead_lettered(built, tmp_path):
     from datasets import load_dataset
 
@@ -541,6 +572,16 @@ def test_bad_input_fixed_or_dead_lettered(built, tmp_path):
     assert by_reason["caption_empty"] == bad[2]["key"]
     assert by_reason["image_not_jpeg"] == bad[4]["key"]
     assert by_reason["duplicate_key"] == base[7]["key"]
+    # A row whose image fails is found only as its shard is written: its place stays empty,
+    # so a shard may be one short (or, where it was the only sample of one, not be written).
+    per_shard = int(PER_SHARD)
+    for group, info in manifest["groups"].items():
+        failed = sum(1 for r in (bad[4], bad[5]) if r["article_license_group"] == group)
+        shards = [e["samples"] for e in manifest["shards"] if e["group"] == group]
+        assert sum(shards) == info["samples"] and all(0 < n <= per_shard for n in shards)
+        assert sum(per_shard - n for n in shards[:-1]) <= failed
+        assert -(-info["samples"] // per_shard) <= len(shards)
+        assert len(shards) <= -(-(info["samples"] + failed) // per_shard)
 
     samples = read_samples(output)
     assert len(samples) == manifest["totals"]["samples"]

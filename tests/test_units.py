@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 
-import pyarrow as pa
 import pytest
 
 from transforms.dedupe import Sample, near_pairs, resolve_groups
@@ -13,7 +12,7 @@ from transforms.images import hamming
 from transforms.jats import parse_articles, sample_key
 from transforms.licenses import license_group, normalize_license
 from transforms.row_filter import FilterError, compile_where
-from transforms.shard import WORK_SCHEMA, _one_row_per_key
+from transforms.shard_plan import Candidate, ShardPlan, duplicates
 
 FIGS = b"""<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>
 <article-id pub-id-type="pmcid">PMC7</article-id></article-meta></front><body>
@@ -84,27 +83,40 @@ def test_near_pairs_equal_brute_force():
     assert {d.key for d in dropped} == {max(pair) for pair in expected}  # "k..." < "n..."
 
 
-def _rows(licenses: list[str]) -> pa.Table:
-    rows = []
-    for license_code in licenses:
-        row = {f.name: None for f in WORK_SCHEMA}
-        row.update(
-            key="PMC1_F1",
-            image=b"\xff\xd8\xff",
-            image_hash="h",
-            caption="c",
-            image_source="same",
-            article_license=license_code,
-            fixes=[],
-        )
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
-
-
 def test_duplicate_key_choice_does_not_depend_on_arrival_order():
-    kept = set()
-    for order in itertools.permutations(["CC BY", "CC0", "CC BY-NC"]):
-        table, dropped = _one_row_per_key(_rows(list(order)), ["PMC1_F1"] * 3)
-        assert table.num_rows == 1 and len(dropped) == 2
-        kept.add(table.column("article_license")[0].as_py())
-    assert len(kept) == 1
+    rows = [
+        Candidate("PMC1_F1", "h2", "c", "a.parquet", 0, "commercial", "x"),
+        Candidate("PMC1_F1", "h1", "z", "b.parquet", 9, "other", "y"),  # smallest image hash
+        Candidate("PMC1_F1", "h1", "z", "b.parquet", 10, "other", "y"),  # same, later row
+        Candidate("PMC2_F1", "h9", "c", "a.parquet", 1, "commercial", "x"),  # no duplicate
+    ]
+    for order in itertools.permutations(rows):
+        dropped = duplicates(list(order))
+        assert sorted(c.row for c in dropped) == [0, 10]
+
+
+def test_shard_plan_ranks_units_in_order_and_leaves_out_duplicates():
+    counts = [
+        ("b.parquet", {"commercial": 4, "other": 1}),
+        ("a.parquet", {"commercial": 5}),
+        ("c.parquet", {"commercial": 6}),
+    ]
+    dropped = [Candidate("k", "", "", "a.parquet", 3, "commercial", "")]
+    plan = ShardPlan.build(3, counts, dropped)
+    # a: ranks 0-3 (one of its five dropped), b: 4-7, c: 8-13; "other" counts apart.
+    assert plan.start == {
+        ("a.parquet", "commercial"): 0,
+        ("b.parquet", "commercial"): 4,
+        ("b.parquet", "other"): 0,
+        ("c.parquet", "commercial"): 8,
+    }
+    assert plan.total == {"commercial": 14, "other": 1}
+    assert plan.dropped == {"a.parquet": frozenset({3})}
+    assert plan.shard_range("commercial", 4) == (12, 14)
+    # Shard 0 (ranks 0-2) lies in a; shard 1 (3-5) straddles a and b; 3 (9-11) lies in c.
+    assert plan.holds_whole("a.parquet", "commercial", 0)
+    assert not plan.holds_whole("a.parquet", "commercial", 1)
+    assert not plan.holds_whole("b.parquet", "commercial", 1)
+    assert plan.holds_whole("c.parquet", "commercial", 3)
+    assert plan.holds_whole("c.parquet", "commercial", 4)  # the short last one
+    assert plan.holds_whole("b.parquet", "other", 0)

@@ -196,6 +196,7 @@ class ShardRecord:
     parquet_path: str
     parquet_sha256: str
     rewritten: bool  # False where a resumed run found the identical shard in place
+    pieces: int = 1  # more than one: its samples came from several units, joined
 
 
 # A shard's Parquet: every figure field but the image bytes, plus where the sample lies.

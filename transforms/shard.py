@@ -1,15 +1,17 @@
 """Shard stage: figure rows to WebDataset tar shards and Parquet per license group.
 
-Order and shard assignment depend on the keys alone, never on the runner or on worker
-count: keys are spread over hash buckets (so no worker sorts a whole group), each bucket is
-sorted, and bucket sizes give every key its global rank within its group; shard = rank //
-samples_per_shard. The same rows therefore give byte-identical shards anywhere.
+The input comes as units (Parquet files, or a source dataset's shards: shard_sources), taken
+in sorted order. Within a license group, samples are ranked in (unit, row) order and shard
+= rank // samples_per_shard; the same input therefore gives byte-identical shards whatever
+the runner or the number of workers.
 
-Rows travel as Arrow tables, never one by one, and the bytes never go through the runner's
-shuffle: rows are spilled to `<output>/_work/` as Arrow files per (group, bucket), and only
-their paths are grouped; each bucket writes the tar members of the shards it overlaps as one
-piece file per shard; a shard is its pieces joined in rank order (tar members concatenate)
-and closed. Memory stays flat however large the input, on the in-process runner too.
+Two reads, one write. The first read takes only the columns that place a row (no image
+bytes): it checks keys and captions, finds duplicate keys across the whole input, and counts
+each unit's samples per group, which gives every unit the ranks of its samples (ShardPlan).
+The second read streams each unit and writes the shards that lie wholly in it straight to
+their final place; only a shard that straddles two units is written as pieces under
+`<output>/_work/`, joined once all are there. Image bytes go from the Parquet reader's
+buffers to the file without a copy, and never through the runner's shuffle.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import argparse
 import hashlib
 import io
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,29 +39,33 @@ from transforms.records import (
     ShardRecord,
     arrow_schema,
 )
+from transforms.shard_plan import Candidate, ShardPlan, duplicates
 from transforms.shard_samples import (
     DEFAULT_MAX_CAPTION_CHARS,
     SampleRejected,
-    check_fields,
-    sample_json,
+    check_image_head,
+    check_text,
+    sample_jsons,
 )
 from transforms.sinks import open_native
 from transforms.webdataset_tar import end_of_archive, sample_parts
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
-# Samples per key bucket when --sort_buckets is not given: what one worker holds to sort a
-# bucket (about 200 MB of 100 kB figures). From the row count, not file sizes, so that the
-# same rows written differently (another extract run) get the same buckets and shards.
-ROWS_PER_BUCKET = 2048
-WORK_DIR = "_work"  # spilled rows and shard pieces of a run in progress
+# Keys per bucket of the duplicate search: what one worker holds to compare keys.
+KEYS_PER_BUCKET = 200_000
+WORK_DIR = "_work"  # shard pieces of a run in progress
 COUNTS = "counts"  # (count name, n) pairs for the run report
 STATS = "stats"  # ((group, journal, year), n) for the dataset card
-RECORDS = "records"  # ShardRecords of shards written whole by one bucket
-KEYS = "keys"  # ((group, bucket), keys of one spilled table): bucket sizes come from these
+RECORDS = "records"  # ShardRecords of shards written whole by one unit
+CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
 
 # Rows as the shard stage holds them: a figure row plus the fixes made on the way.
 WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [arrow_schema(ShardPlacement).field("fixes")])
+DUPLICATE_DETAIL = (
+    "another row has the same key; the one with the smaller image hash "
+    "(then caption, then input position) is kept"
+)
 
 
 def group_of(value) -> str:
@@ -77,7 +84,7 @@ def shard_paths(group: str, index: int) -> tuple[str, str]:
 def conform(table: pa.Table) -> pa.Table:
     """Any figure table in WORK_SCHEMA's columns: missing ones empty, others cast.
 
-    `key` and `caption` keep their own type (bytes included): check_fields reads them.
+    `key` and `caption` keep their own type (bytes included): check_text reads them.
     """
     columns = []
     for field in WORK_SCHEMA:
@@ -105,236 +112,235 @@ def blob_to_table(blob: bytes) -> pa.Table:
     return pa.ipc.open_stream(blob).read_all()
 
 
-# ---- 1. check rows and spread them over buckets --------------------------------------------
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
 
 
-class _ReadTables(beam.DoFn):
-    """Figure Parquet files to Arrow tables of `batch_rows` rows, read without pre-buffering."""
-
-    def __init__(self, batch_rows: int = 256):
-        self.batch_rows = batch_rows
-
-    def process(self, uri: str):
-        source = open_native(uri)
-        try:
-            for batch in pq.ParquetFile(source, pre_buffer=False).iter_batches(self.batch_rows):
-                yield pa.Table.from_batches([batch])
-        finally:
-            if not isinstance(source, str):
-                source.close()
+# ---- 1. check every row, without its image, and count where it goes -------------------------
 
 
-def _spill(work: str, kind: str, place: str, data, suffix: str) -> str:
+class _PlaceUnit(beam.DoFn):
+    """Light read of a unit: dead letters for rows no reader could take, duplicate-key
+    candidates, and (unit, {group: rows that passed}) for the plan."""
+
+    def __init__(self, source, max_caption_chars: int, key_buckets: int):
+        self.source, self.max_caption_chars, self.key_buckets = (
+            source,
+            max_caption_chars,
+            key_buckets,
+        )
+
+    def process(self, unit: str):
+        table, counts = self.source.light(unit)
+        for count in counts:
+            yield beam.pvalue.TaggedOutput(COUNTS, count)
+        yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
+        rows = zip(
+            *(_column(table, name) for name in ("key", "caption", "article_license_group")),
+            _column(table, "image_hash"),
+            _column(table, "image_source"),
+            strict=True,
+        )
+        placed: Counter = Counter()
+        buckets: dict[int, list[Candidate]] = defaultdict(list)
+        for row, (key, caption, group, image_hash, source) in enumerate(rows):
+            try:
+                safe, text, _ = check_text(key, caption, self.max_caption_chars)
+            except SampleRejected as err:
+                yield dead(STAGE, str(key), err.reason, err.detail, str(source or ""))
+                continue
+            group = group_of(group)
+            placed[group] += 1
+            caption_digest = hashlib.sha1(text.encode()).hexdigest()
+            buckets[bucket_of(safe, self.key_buckets)].append(
+                Candidate(
+                    safe, image_hash or "", caption_digest, unit, row, group, str(source or "")
+                )
+            )
+        for bucket, candidates in buckets.items():
+            yield beam.pvalue.TaggedOutput(CANDIDATES, (bucket, candidates))
+        yield unit, dict(placed)
+
+
+def _dropped(element):
+    _, lists = element
+    return duplicates([c for candidates in lists for c in candidates])
+
+
+# ---- 2. every unit writes the shards it holds, and pieces of those it shares -----------------
+
+
+class _OpenShard:
+    """The samples of one shard a unit has written so far: tar parts and index rows."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.parts: list = []
+        self.tables: list[pa.Table] = []
+        self.meta, self.rows = None, []
+        self.offsets: list[int] = []
+        self.sizes: list[int] = []
+        self.size = 0
+        self.first_rank = None
+        self.batch_start, self.batch_rows = 0, 0  # parts and rows from the current batch
+
+    def add(self, rank: int, meta: pa.Table, row: int, parts: list) -> None:
+        if meta is not self.meta:
+            self._take()
+            self.meta = meta
+            self.batch_start, self.batch_rows = len(self.parts), 0
+        self.batch_rows += 1
+        if self.first_rank is None:
+            self.first_rank = rank
+        self.rows.append(row)
+        length = sum(len(part) for part in parts)
+        self.offsets.append(self.size)
+        self.sizes.append(length)
+        self.size += length
+        self.parts.extend(parts)
+
+    def settle(self, batch_rows: int) -> None:
+        """After a batch: views into its image buffer keep the whole buffer alive, so a shard
+        that took few of its rows (a small license group) copies them out instead."""
+        if self.meta is not None and 2 * self.batch_rows < batch_rows:
+            for i in range(self.batch_start, len(self.parts)):
+                if isinstance(self.parts[i], memoryview):
+                    self.parts[i] = bytes(self.parts[i])
+        self.batch_start, self.batch_rows = len(self.parts), 0
+
+    def _take(self) -> None:
+        if self.rows:
+            self.tables.append(self.meta.take(pa.array(self.rows, pa.int64())))
+            self.rows = []
+
+    def piece(self) -> tuple[list, pa.Table]:
+        """(tar member parts, index rows with in-piece offsets)."""
+        self._take()
+        index = pa.concat_tables(self.tables)
+        index = index.append_column("tar_offset", pa.array(self.offsets, pa.int64()))
+        index = index.append_column("tar_size", pa.array(self.sizes, pa.int64()))
+        return self.parts, index
+
+
+def _image_views(column: pa.ChunkedArray) -> tuple[memoryview, np.ndarray]:
+    """The image column's data buffer and value offsets: row i is view[off[i]:off[i + 1]],
+    a view into Arrow's memory (so the bytes are copied once: into the file)."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_large_binary(array.type):
+        width = np.int64
+    else:
+        array, width = array.cast(pa.binary()), np.int32
+    _, offsets, data = array.buffers()
+    starts = np.frombuffer(
+        offsets, dtype=width, count=len(array) + 1, offset=array.offset * width().itemsize
+    )
+    return (memoryview(data) if data is not None else memoryview(b"")), starts
+
+
+class _WriteUnit(beam.DoFn):
+    def __init__(self, source, per_shard: int, max_caption_chars: int, work: str, output: str):
+        self.source, self.per_shard, self.max_caption_chars = source, per_shard, max_caption_chars
+        self.work, self.output = work, output
+
+    def process(self, unit: str, plan: ShardPlan):
+        dropped = plan.dropped.get(unit, frozenset())
+        rank = {group: plan.start.get((unit, group), 0) for group in GROUPS}
+        open_shards: dict[str, _OpenShard] = {}
+        row = 0
+        for table in self.source.full(unit):
+            table = conform(table)
+            kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
+            raw = zip(
+                _column(table, "key"),
+                _column(table, "caption"),
+                _column(table, "article_license_group"),
+                _column(table, "fixes"),
+                _column(table, "image_source"),
+                pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
+                strict=True,
+            )
+            for i, (key, caption, group, prior, source, head) in enumerate(raw):
+                try:
+                    safe, text, made = check_text(key, caption, self.max_caption_chars)
+                except SampleRejected:
+                    continue  # dead-lettered by the light read
+                if row + i in dropped:
+                    continue  # a duplicate key: dead-lettered by the duplicate search
+                group = group_of(group)
+                ranks.append(rank[group])
+                rank[group] += 1
+                try:
+                    check_image_head(head)
+                except SampleRejected as err:  # its rank stays empty: the shard is one short
+                    ranks.pop()
+                    yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
+                    continue
+                kept.append(i)
+                keys.append(safe)
+                captions.append(text)
+                fixes.append([*(prior or []), *made])
+                groups.append(group)
+            row += table.num_rows
+            if not kept:
+                continue
+            meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
+            for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
+                meta = meta.set_column(
+                    meta.schema.get_field_index(name),
+                    name,
+                    pa.array(values, WORK_SCHEMA.field(name).type),
+                )
+            columns = {name: meta.column(name).to_pylist() for name in meta.column_names}
+            jsons = sample_jsons(columns)
+            view, starts = _image_views(table.column("image"))
+            for j, i in enumerate(kept):
+                group, shard = groups[j], ranks[j] // self.per_shard
+                current = open_shards.get(group)
+                if current is not None and current.index != shard:
+                    yield from self._close(unit, group, open_shards.pop(group), plan)
+                    current = None
+                if current is None:
+                    current = open_shards[group] = _OpenShard(shard)
+                image = view[starts[i] : starts[i + 1]]
+                parts = sample_parts(keys[j], image, jsons[j], captions[j].encode())
+                current.add(ranks[j], meta, j, parts)
+            for current in open_shards.values():
+                current.settle(table.num_rows)
+            stats = Counter(
+                zip(groups, columns["article_journal"], columns["article_year"], strict=True)
+            )
+            for (group, journal, year), n in stats.items():
+                yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
+        for group, current in open_shards.items():
+            yield from self._close(unit, group, current, plan)
+
+    def _close(self, unit: str, group: str, shard: _OpenShard, plan: ShardPlan):
+        members, index = shard.piece()
+        if plan.holds_whole(unit, group, shard.index):
+            yield beam.pvalue.TaggedOutput(
+                RECORDS, write_shard(self.output, group, shard.index, [(members, index)])
+            )
+            return
+        place = f"{group}/{shard.index:06d}"
+        yield (
+            (group, shard.index),
+            (
+                shard.first_rank,
+                _spill(self.work, place, members, ".tar"),
+                _spill(self.work, place, table_to_blob(index), ".arrow"),
+            ),
+        )
+
+
+def _spill(work: str, place: str, data, suffix: str) -> str:
     # Only the paths a bundle outputs are ever read, so a fresh name per write is safe: the
     # files of a failed, retried bundle are never read (and go with the work folder).
-    path = storage.join(work, kind, place, uuid.uuid4().hex + suffix)
+    path = storage.join(work, "pieces", place, uuid.uuid4().hex + suffix)
     storage.write_bytes(path, data)
     return path
 
 
-class _SplitTable(beam.DoFn):
-    """Check every row, fix what can be fixed, spill the rest per (group, bucket).
-
-    Checked rows are buffered (up to `flush_bytes`) so that each spill file holds many rows:
-    one sort and one take per flush, not one small file per bucket per input batch.
-    """
-
-    def __init__(
-        self, buckets: int, max_caption_chars: int, work: str, flush_bytes: int = 64 << 20
-    ):
-        self.buckets, self.max_caption_chars, self.work = buckets, max_caption_chars, work
-        self.flush_bytes = flush_bytes
-
-    def start_bundle(self):
-        self.buffered: list[pa.Table] = []
-        self.places: list[int] = []
-        self.size = 0
-
-    def process(self, table: pa.Table):
-        table = conform(table)
-        yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
-        heads = pc.binary_slice(table.column("image"), 0, 3).to_pylist()
-        keys, captions, fixes, kept = [], [], [], []
-        groups = table.column("article_license_group").to_pylist()
-        sources = table.column("image_source").to_pylist()
-        prior = table.column("fixes").to_pylist()
-        raw = zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
-        for i, (key, caption) in enumerate(raw):
-            try:
-                safe, text, made = check_fields(key, caption, heads[i], self.max_caption_chars)
-            except SampleRejected as err:
-                yield dead(STAGE, str(key), err.reason, err.detail, str(sources[i] or ""))
-                continue
-            group = GROUPS.index(group_of(groups[i]))
-            self.places.append(group * self.buckets + bucket_of(safe, self.buckets))
-            kept.append(i)
-            keys.append(safe)
-            captions.append(text)
-            fixes.append([*(prior[i] or []), *made])
-        if not kept:
-            return
-        rows = table if len(kept) == table.num_rows else table.take(pa.array(kept, pa.int64()))
-        for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
-            rows = rows.set_column(
-                rows.schema.get_field_index(name),
-                name,
-                pa.array(values, WORK_SCHEMA.field(name).type),
-            )
-        self.buffered.append(rows)
-        self.size += rows.nbytes
-        if self.size >= self.flush_bytes:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
-
-        for output in self._flush():
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(
-                    output.tag, GlobalWindows.windowed_value(output.value)
-                )
-            else:
-                yield GlobalWindows.windowed_value(output)
-
-    def _flush(self):
-        if not self.buffered:
-            return
-        rows = pa.concat_tables(self.buffered)
-        places = pa.array(self.places, pa.int64())
-        if len(set(self.places)) > 1:  # one place (one bucket per group, say): nothing to sort
-            order = pc.sort_indices(places)
-            rows, places = rows.take(order), places.take(order)
-        places = places.to_pylist()
-        self.buffered, self.places, self.size = [], [], 0
-        start = 0
-        while start < len(places):
-            stop = start
-            while stop < len(places) and places[stop] == places[start]:
-                stop += 1
-            group, bucket = GROUPS[places[start] // self.buckets], places[start] % self.buckets
-            part = rows.slice(start, stop - start)
-            path = _spill(
-                self.work, "buckets", f"{group}/{bucket:05d}", table_to_blob(part), ".arrow"
-            )
-            yield (group, bucket), path
-            yield beam.pvalue.TaggedOutput(KEYS, ((group, bucket), part.column("key").to_pylist()))
-            start = stop
-
-
-# ---- 2. rank the keys of every bucket --------------------------------------------------------
-
-
-def _unique_keys(element) -> tuple:
-    place, key_lists = element
-    return place, len({key for keys in key_lists for key in keys})
-
-
-def _offsets(sizes: list) -> dict:
-    """Start rank of every (group, bucket), buckets in order within each group; and the
-    number of samples of each group (under the group's own name)."""
-    start: dict = {}
-    running: dict[str, int] = {}
-    for (group, bucket), size in sorted(sizes):
-        start[(group, bucket)] = running.get(group, 0)
-        running[group] = running.get(group, 0) + size
-    return {**start, **running}
-
-
-# ---- 3. every bucket writes its pieces of the shards it overlaps -----------------------------
-
-
-def _one_row_per_key(table: pa.Table, keys: list[str]) -> tuple[pa.Table, list]:
-    """Keep, of rows sharing a key, the one with the smallest (image hash, JSON): a choice
-    that depends on the rows only, never on the order they arrived in."""
-    rows = table.drop_columns(["image"]).to_pylist()
-    keep, dropped, start = [], [], 0
-    while start < len(keys):
-        stop = start
-        while stop < len(keys) and keys[stop] == keys[start]:
-            stop += 1
-        ranked = sorted(
-            range(start, stop), key=lambda i: (rows[i]["image_hash"] or "", sample_json(rows[i]))
-        )
-        keep.append(ranked[0])
-        dropped += [(keys[i], str(rows[i]["image_source"] or "")) for i in ranked[1:]]
-        start = stop
-    return table.take(pa.array(sorted(keep), pa.int64())), dropped
-
-
-class _BucketPieces(beam.DoFn):
-    def __init__(self, per_shard: int, work: str, output: str):
-        self.per_shard, self.work, self.output = per_shard, work, output
-
-    def process(self, element, offsets: dict):
-        (group, bucket), paths = element
-        table = pa.concat_tables([blob_to_table(storage.read_bytes(p)) for p in sorted(set(paths))])
-        table = table.take(pc.sort_indices(table, [("key", "ascending")]))
-        keys = table.column("key").to_pylist()
-        if len(set(keys)) < len(keys):
-            table, dropped = _one_row_per_key(table, keys)
-            for key, source in dropped:
-                yield dead(
-                    STAGE,
-                    key,
-                    "duplicate_key",
-                    "another row has the same key; the one "
-                    "with the smaller image hash (then JSON) is kept",
-                    source,
-                )
-        base = offsets[(group, bucket)]
-        stats = Counter(
-            zip(
-                table.column("article_journal").to_pylist(),
-                table.column("article_year").to_pylist(),
-                strict=True,
-            )
-        )
-        for (journal, year), n in stats.items():
-            yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
-        start = 0
-        while start < table.num_rows:
-            shard = (base + start) // self.per_shard
-            stop = min(table.num_rows, (shard + 1) * self.per_shard - base)
-            members, index = self._piece(table.slice(start, stop - start))
-            shard_end = min((shard + 1) * self.per_shard, offsets[group])
-            if base + start == shard * self.per_shard and base + stop == shard_end:
-                # The whole shard lies in this bucket: write it now, no piece to join.
-                record = write_shard(self.output, group, shard, [(members, index)])
-                yield beam.pvalue.TaggedOutput(RECORDS, record)
-            else:
-                place = f"{group}/{shard:06d}"
-                yield (
-                    (group, shard),
-                    (
-                        base + start,
-                        _spill(self.work, "pieces", place, members, ".tar"),
-                        _spill(self.work, "pieces", place, table_to_blob(index), ".arrow"),
-                    ),
-                )
-            start = stop
-
-    @staticmethod
-    def _piece(rows: pa.Table) -> tuple[list[bytes], pa.Table]:
-        """Tar members of consecutive samples (as parts), and their index rows (in-piece
-        offsets)."""
-        metadata = rows.drop_columns(["image"])
-        images = rows.column("image")
-        parts, offsets, sizes, size = [], [], [], 0
-        for i, fields in enumerate(metadata.to_pylist()):
-            members = sample_parts(
-                fields["key"], images[i].as_py(), sample_json(fields), fields["caption"].encode()
-            )
-            length = sum(len(part) for part in members)
-            offsets.append(size)
-            sizes.append(length)
-            size += length
-            parts.extend(members)
-        index = metadata.append_column("tar_offset", pa.array(offsets, pa.int64()))
-        index = index.append_column("tar_size", pa.array(sizes, pa.int64()))
-        return parts, index
-
-
-# ---- 4. join the pieces of each shard and write it --------------------------------------------
+# ---- 3. join the pieces of each shard and write it --------------------------------------------
 
 
 def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecord:
@@ -389,6 +395,7 @@ def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecor
         parquet_path=parquet_path,
         parquet_sha256=digests[parquet_path],
         rewritten=rewritten,
+        pieces=len(pieces),
     )
 
 
@@ -409,19 +416,20 @@ class _JoinPieces(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Arrow tables of figure rows in; ShardRecords, card stats, counts and dead letters out."""
+    """Units of a source in; ShardRecords, card stats, counts and dead letters out."""
 
     output: str
+    source: object  # a shard_sources reader: light(unit) and full(unit)
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
-    buckets: int = 1
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
+    key_buckets: int = 1
 
     def __post_init__(self):
         super().__init__()
         if self.samples_per_shard < 1:
             raise ValueError("--samples_per_shard must be at least 1")
-        if self.buckets < 1:
-            raise ValueError("--sort_buckets must be at least 1")
+        if self.max_caption_chars < 1:
+            raise ValueError("--max_caption_chars must be at least 1")
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -433,70 +441,58 @@ class WriteShards(beam.PTransform):
             default=DEFAULT_MAX_CAPTION_CHARS,
             help="longer captions are cut at a word boundary (and say so)",
         )
-        group.add_argument(
-            "--sort_buckets",
-            type=int,
-            default=0,
-            help="hash buckets the keys are sorted in; 0 (default): one per 2,048 input rows. "
-            "Part of what decides the order, so it is recorded in the manifest",
-        )
 
     @classmethod
-    def from_args(cls, args, output: str, input_rows: int) -> WriteShards:
-        """The transform for the flags; `input_rows` sizes the buckets when not given."""
-        buckets = args.sort_buckets or max(1, -(-input_rows // ROWS_PER_BUCKET))
+    def from_args(cls, args, output: str, source, input_rows: int) -> WriteShards:
+        """The transform for the flags; `input_rows` sizes the duplicate search."""
         return cls(
             output=output,
+            source=source,
             samples_per_shard=args.samples_per_shard,
-            buckets=buckets,
             max_caption_chars=args.max_caption_chars,
+            key_buckets=max(1, -(-input_rows // KEYS_PER_BUCKET)),
         )
 
-    def expand(self, tables):
+    def expand(self, units):
         work = storage.join(self.output, WORK_DIR)
-        split = tables | "Split" >> beam.ParDo(
-            _SplitTable(self.buckets, self.max_caption_chars, work)
-        ).with_outputs(DEAD, COUNTS, KEYS, main="spilled")
-        by_bucket = split.spilled | "GroupBuckets" >> beam.GroupByKey()
-        offsets = (
-            split[KEYS]
+        # Units are few and heavy: spread them over workers before either read.
+        units = units | "SpreadUnits" >> beam.Reshuffle()
+        placed = units | "Place" >> beam.ParDo(
+            _PlaceUnit(self.source, self.max_caption_chars, self.key_buckets)
+        ).with_outputs(DEAD, COUNTS, CANDIDATES, main="placed")
+        dropped = (
+            placed[CANDIDATES]
             | "GroupKeys" >> beam.GroupByKey()
-            | "BucketSizes" >> beam.Map(_unique_keys)
-            | "AllSizes" >> beam.combiners.ToList()
-            | "Offsets" >> beam.Map(_offsets)
+            | "Duplicates" >> beam.FlatMap(_dropped)
         )
-        pieces = by_bucket | "Pieces" >> beam.ParDo(
-            _BucketPieces(self.samples_per_shard, work, self.output),
-            offsets=beam.pvalue.AsSingleton(offsets),
-        ).with_outputs(DEAD, STATS, RECORDS, main="pieces")
-        joined = (
-            pieces.pieces
-            | "GroupShards" >> beam.GroupByKey()
-            | "JoinPieces" >> beam.ParDo(_JoinPieces(self.output))
-        )
-        records = (pieces[RECORDS], joined) | "AllShards" >> beam.Flatten()
-        return {
-            "records": records,
-            STATS: pieces[STATS],
-            COUNTS: split[COUNTS],
-            DEAD: (split[DEAD], pieces[DEAD]) | "ShardDead" >> beam.Flatten(),
-        }
-
-
-def rows_to_tables(rows, batch_rows: int = 256):
-    """A PCollection of figure-row dicts as Arrow tables, for WriteShards."""
-    return (
-        rows
-        | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_rows)
-        | "ToTables"
-        >> beam.Map(
-            lambda batch: conform(
-                pa.Table.from_pylist(
-                    [{k: v for k, v in r.items() if k in WORK_SCHEMA.names} for r in batch]
-                )
+        per_shard = self.samples_per_shard
+        plan = (
+            placed.placed
+            | "AllCounts" >> beam.combiners.ToList()
+            | "Plan"
+            >> beam.Map(
+                lambda counts, dropped: ShardPlan.build(per_shard, counts, dropped),
+                dropped=beam.pvalue.AsList(dropped),
             )
         )
-    )
+        written = units | "Write" >> beam.ParDo(
+            _WriteUnit(self.source, per_shard, self.max_caption_chars, work, self.output),
+            plan=beam.pvalue.AsSingleton(plan),
+        ).with_outputs(DEAD, STATS, RECORDS, main="pieces")
+        joined = (
+            written.pieces
+            | "GroupPieces" >> beam.GroupByKey()
+            | "JoinPieces" >> beam.ParDo(_JoinPieces(self.output))
+        )
+        duplicate_dead = dropped | "DuplicateDead" >> beam.Map(
+            lambda c: dead(STAGE, c.key, "duplicate_key", DUPLICATE_DETAIL, c.source).value
+        )
+        return {
+            "records": (written[RECORDS], joined) | "AllShards" >> beam.Flatten(),
+            STATS: written[STATS],
+            COUNTS: placed[COUNTS],
+            DEAD: (placed[DEAD], duplicate_dead, written[DEAD]) | "ShardDead" >> beam.Flatten(),
+        }
 
 
 def count_rows(files: list[str]) -> int:
@@ -510,8 +506,3 @@ def count_rows(files: list[str]) -> int:
             if not isinstance(source, str):
                 source.close()
     return total
-
-
-def read_tables(files, batch_rows: int = 256):
-    """A PCollection of Parquet file URIs as Arrow tables, for WriteShards."""
-    return files | "ReadTables" >> beam.ParDo(_ReadTables(batch_rows))

@@ -47,17 +47,10 @@ def _truncate(text: str, limit: int) -> str:
     return (cut[:space] if space > room * 0.8 else cut).rstrip() + _ELLIPSIS
 
 
-def check_fields(
-    key_value,
-    caption_value,
-    image_head: bytes | None,
-    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+def check_text(
+    key_value, caption_value, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
 ) -> tuple[str, str, list[str]]:
-    """(safe key, clean caption, fixes made) of a sample; SampleRejected if none can be made.
-
-    `image_head` is the first bytes of the image (None or b"" where there is no image), so
-    that callers holding images in Arrow never copy them to check them.
-    """
+    """(safe key, clean caption, fixes made) of a sample; SampleRejected if none can be made."""
     fixes: list[str] = []
     key, _ = _as_text(key_value)
     if not re.search(r"[A-Za-z0-9]", key):
@@ -65,10 +58,6 @@ def check_fields(
     safe = safe_key_part(key)
     if safe != key:
         fixes.append(f"key_rewritten_from:{key}")
-    if not image_head:
-        raise SampleRejected("image_missing", "the row holds no image bytes")
-    if bytes(image_head[:3]) != b"\xff\xd8\xff":
-        raise SampleRejected("image_not_jpeg", "image bytes do not start with a JPEG marker")
     caption, replaced = _as_text(caption_value)
     if replaced:
         fixes.append("caption_invalid_utf8_replaced")
@@ -82,6 +71,28 @@ def check_fields(
         cleaned = _truncate(cleaned, max_caption_chars)
         fixes.append(f"caption_truncated_from_chars:{len(caption)}")
     return safe, cleaned, fixes
+
+
+def check_image_head(image_head: bytes | None) -> None:
+    """SampleRejected unless `image_head` (the first bytes of the image, None or b"" where
+    there is none) starts a JPEG; callers holding images in Arrow pass a slice, never a copy."""
+    if not image_head:
+        raise SampleRejected("image_missing", "the row holds no image bytes")
+    if bytes(image_head[:3]) != b"\xff\xd8\xff":
+        raise SampleRejected("image_not_jpeg", "image bytes do not start with a JPEG marker")
+
+
+def check_fields(
+    key_value,
+    caption_value,
+    image_head: bytes | None,
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+) -> tuple[str, str, list[str]]:
+    """check_text and check_image_head of one sample (the image checked after the key)."""
+    key, _ = _as_text(key_value)
+    if re.search(r"[A-Za-z0-9]", key):
+        check_image_head(image_head)
+    return check_text(key_value, caption_value, max_caption_chars)
 
 
 def sanitize(row: dict, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS) -> dict:
@@ -107,4 +118,41 @@ def sample_json(row: dict) -> bytes:
     """The `.json` of a sample: BIOMEDICA's field names with ours beside them, no payloads."""
     fields = {k: _plain(v) for k, v in row.items() if k not in PAYLOAD_COLUMNS}
     fields["txt"] = row["caption"]
+    return _dumps(fields)
+
+
+_ARTICLE = "article_"
+
+
+def sample_jsons(columns: dict[str, list]) -> list[bytes]:
+    """sample_json of every row of a batch given column by column, byte for byte the same.
+
+    A figure row repeats its article's fields (the full text among them), and consecutive
+    rows mostly share an article: the article's part of the JSON is serialized once per run
+    of rows that share it, not once per row. Sorted keys put every `article_` field before
+    the others, so that part is a prefix of the object.
+    """
+    names = sorted(n for n in columns if n not in PAYLOAD_COLUMNS)
+    article = [n for n in names if n.startswith(_ARTICLE)]
+    rest = [n for n in names if not n.startswith(_ARTICLE)]
+    if not article or any(n < _ARTICLE for n in rest) or "txt" in columns:
+        rows = zip(*(columns[n] for n in names), strict=True)
+        return [sample_json(dict(zip(names, values, strict=True))) for values in rows]
+    article_values = [[_plain(v) for v in columns[n]] for n in article]
+    rest_values = [[_plain(v) for v in columns[n]] for n in rest]
+    captions = columns["caption"]
+    out, previous, prefix = [], None, b"{"
+    for i in range(len(captions)):
+        values = tuple(column[i] for column in article_values)
+        if values != previous:
+            previous = values
+            block = _dumps(dict(zip(article, values, strict=True)))
+            prefix = block[:-1] + b","  # '{"article_...":...,' : the rest follows
+        fields = {name: column[i] for name, column in zip(rest, rest_values, strict=True)}
+        fields["txt"] = captions[i]
+        out.append(prefix + _dumps(fields)[1:])
+    return out
+
+
+def _dumps(fields: dict) -> bytes:
     return json.dumps(fields, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()

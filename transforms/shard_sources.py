@@ -1,0 +1,109 @@
+"""What a shard run reads, unit by unit: extract's figure Parquet, or a dataset under a filter.
+
+Pure and Beam-free. A source splits its input into units (one Parquet file; one shard of a
+source dataset) and reads each twice: `light` gives the columns that decide where every row
+goes (no image bytes), `full` gives the same rows, in the same order, with everything. The
+shard stage plans from the light reads and writes from the full ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms import storage
+from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement, arrow_schema
+from transforms.row_filter import compile_where
+from transforms.sinks import open_native
+from transforms.webdataset_tar import read_images
+
+# The columns a plan needs: key and caption are checked, the group places the row, and the
+# image hash and source settle and report duplicate keys.
+LIGHT_COLUMNS = ("key", "caption", "article_license_group", "image_hash", "image_source")
+BATCH_ROWS = 256
+
+
+def _read_parquet(uri: str, columns=None, batch_rows: int | None = None):
+    """A Parquet file whole (or in batches), never pre-buffered
+    (pre-buffering keeps every range it read until the file is closed)."""
+    source = open_native(uri)
+    try:
+        handle = pq.ParquetFile(source, pre_buffer=False)
+        if columns is not None:
+            present = set(handle.schema_arrow.names)
+            columns = [c for c in columns if c in present]
+        if batch_rows is None:
+            yield handle.read(columns=columns)
+            return
+        for batch in handle.iter_batches(batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+class ParquetSource:
+    """Figure Parquet files (extract's output): a unit is a file's URI."""
+
+    def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
+        return next(_read_parquet(unit, LIGHT_COLUMNS)), []
+
+    def full(self, unit: str) -> Iterator[pa.Table]:
+        yield from _read_parquet(unit, batch_rows=BATCH_ROWS)
+
+
+# A dataset's index columns that say where a sample lay; `fixes` travels on with the sample.
+_PLACEMENT = [f.name for f in arrow_schema(ShardPlacement) if f.name != "fixes"]
+
+
+class DatasetSubset:
+    """The samples of a dataset that match a filter: a unit is one of its shards
+    ("<group>/<index>.tar"), whose Parquet is filtered and whose tar is read once."""
+
+    def __init__(self, dataset: str, where: str, stage: str = "subset"):
+        self.dataset, self.where, self.stage = dataset, where, stage
+        self._predicate = None
+
+    @staticmethod
+    def units_of(index_files: list[str]) -> list[str]:
+        """Shard names of a dataset's index files (…/parquet/<group>/<index>.parquet)."""
+        return sorted(
+            "/".join(uri.rsplit("/", 2)[-2:]).removesuffix(".parquet") + ".tar"
+            for uri in index_files
+        )
+
+    def _matches(self, unit: str) -> tuple[pa.Table, int]:
+        if self._predicate is None:
+            self._predicate = compile_where(self.where, SHARD_INDEX_SCHEMA.names)
+        uri = storage.join(self.dataset, "parquet", unit.removesuffix(".tar") + ".parquet")
+        table = next(_read_parquet(uri))
+        keep = [i for i, row in enumerate(table.to_pylist()) if self._predicate(row)]
+        matched = table.take(pa.array(keep, pa.int64()))
+        return matched.drop_columns([c for c in _PLACEMENT if c in matched.column_names]), len(
+            table
+        )
+
+    def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
+        matched, listed = self._matches(unit)
+        left_out = listed - matched.num_rows
+        counts = [(f"{self.stage}.in", listed), (f"{self.stage}.out", matched.num_rows)]
+        if left_out:
+            counts += [
+                (f"{self.stage}.filtered", left_out),
+                (f"{self.stage}.filtered_by_reason.where_not_matched", left_out),
+            ]
+        return matched, counts
+
+    def full(self, unit: str) -> Iterator[pa.Table]:
+        matched, _ = self._matches(unit)
+        if not matched.num_rows:
+            return
+        keys = matched.column("key").to_pylist()
+        try:
+            with storage.open_stream(storage.join(self.dataset, "webdataset", unit)) as stream:
+                images = read_images(stream, set(keys))
+        except Exception:  # a missing or damaged shard: its rows are dead-lettered as imageless
+            images = {}
+        yield matched.append_column("image", pa.array([images.get(k) for k in keys], pa.binary()))

@@ -517,8 +517,10 @@ def test_batch_json_equals_row_json(built):
     twin = {**rows[1], "article_keywords": [*rows[1]["article_keywords"], "changed"]}
     rows = [rows[0], rows[1], twin, rows[1], *rows[2:]]
     assert rows[0]["article_accession_id"] == rows[1]["article_accession_id"]
+    rows[3] = {**rows[3], "image_source": b"bytes \xff where text belongs"}
     columns = {name: [row[name] for row in rows] for name in rows[0]}
     assert sample_jsons(columns) == [sample_json(row) for row in rows]
+    assert json.loads(sample_jsons(columns)[3])["image_source"] == "bytes \ufffd where text belongs"
     # A field that would sort before the article's ones: the plain path, same bytes.
     odd = {**columns, "aaa": list(range(len(rows)))}
     assert sample_jsons(odd) == [sample_json({**r, "aaa": i}) for i, r in enumerate(rows)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -34,9 +33,7 @@ from transforms.licenses import GROUPS, OTHER
 from transforms.outcomes import DEAD, dead
 from transforms.records import (
     FIGURE_SCHEMA,
-    SHARD_INDEX_SCHEMA,
     ShardPlacement,
-    ShardRecord,
     arrow_schema,
 )
 from transforms.shard_plan import Candidate, ShardPlan, duplicates
@@ -47,8 +44,9 @@ from transforms.shard_samples import (
     check_text,
     sample_jsons,
 )
+from transforms.shard_writer import TarStream, shard_paths
 from transforms.sinks import open_native
-from transforms.webdataset_tar import end_of_archive, sample_parts
+from transforms.webdataset_tar import sample_parts
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
@@ -74,11 +72,6 @@ def group_of(value) -> str:
 
 def bucket_of(key: str, buckets: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % buckets
-
-
-def shard_paths(group: str, index: int) -> tuple[str, str]:
-    name = f"{index:06d}"
-    return f"webdataset/{group}/{name}.tar", f"parquet/{group}/{name}.parquet"
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -170,58 +163,6 @@ def _dropped(element):
 # ---- 2. every unit writes the shards it holds, and pieces of those it shares -----------------
 
 
-class _OpenShard:
-    """The samples of one shard a unit has written so far: tar parts and index rows."""
-
-    def __init__(self, index: int):
-        self.index = index
-        self.parts: list = []
-        self.tables: list[pa.Table] = []
-        self.meta, self.rows = None, []
-        self.offsets: list[int] = []
-        self.sizes: list[int] = []
-        self.size = 0
-        self.first_rank = None
-        self.batch_start, self.batch_rows = 0, 0  # parts and rows from the current batch
-
-    def add(self, rank: int, meta: pa.Table, row: int, parts: list) -> None:
-        if meta is not self.meta:
-            self._take()
-            self.meta = meta
-            self.batch_start, self.batch_rows = len(self.parts), 0
-        self.batch_rows += 1
-        if self.first_rank is None:
-            self.first_rank = rank
-        self.rows.append(row)
-        length = sum(len(part) for part in parts)
-        self.offsets.append(self.size)
-        self.sizes.append(length)
-        self.size += length
-        self.parts.extend(parts)
-
-    def settle(self, batch_rows: int) -> None:
-        """After a batch: views into its image buffer keep the whole buffer alive, so a shard
-        that took few of its rows (a small license group) copies them out instead."""
-        if self.meta is not None and 2 * self.batch_rows < batch_rows:
-            for i in range(self.batch_start, len(self.parts)):
-                if isinstance(self.parts[i], memoryview):
-                    self.parts[i] = bytes(self.parts[i])
-        self.batch_start, self.batch_rows = len(self.parts), 0
-
-    def _take(self) -> None:
-        if self.rows:
-            self.tables.append(self.meta.take(pa.array(self.rows, pa.int64())))
-            self.rows = []
-
-    def piece(self) -> tuple[list, pa.Table]:
-        """(tar member parts, index rows with in-piece offsets)."""
-        self._take()
-        index = pa.concat_tables(self.tables)
-        index = index.append_column("tar_offset", pa.array(self.offsets, pa.int64()))
-        index = index.append_column("tar_size", pa.array(self.sizes, pa.int64()))
-        return self.parts, index
-
-
 def _image_views(column: pa.ChunkedArray) -> tuple[memoryview, np.ndarray]:
     """The image column's data buffer and value offsets: row i is view[off[i]:off[i + 1]],
     a view into Arrow's memory (so the bytes are copied once: into the file)."""
@@ -245,173 +186,120 @@ class _WriteUnit(beam.DoFn):
     def process(self, unit: str, plan: ShardPlan):
         dropped = plan.dropped.get(unit, frozenset())
         rank = {group: plan.start.get((unit, group), 0) for group in GROUPS}
-        open_shards: dict[str, _OpenShard] = {}
+        open_shards: dict[str, tuple[int, TarStream]] = {}
         row = 0
-        for table in self.source.full(unit):
-            table = conform(table)
-            kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
-            raw = zip(
-                _column(table, "key"),
-                _column(table, "caption"),
-                _column(table, "article_license_group"),
-                _column(table, "fixes"),
-                _column(table, "image_source"),
-                pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
-                strict=True,
-            )
-            for i, (key, caption, group, prior, source, head) in enumerate(raw):
-                try:
-                    safe, text, made = check_text(key, caption, self.max_caption_chars)
-                except SampleRejected:
-                    continue  # dead-lettered by the light read
-                if row + i in dropped:
-                    continue  # a duplicate key: dead-lettered by the duplicate search
-                group = group_of(group)
-                ranks.append(rank[group])
-                rank[group] += 1
-                try:
-                    check_image_head(head)
-                except SampleRejected as err:  # its rank stays empty: the shard is one short
-                    ranks.pop()
-                    yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
-                    continue
-                kept.append(i)
-                keys.append(safe)
-                captions.append(text)
-                fixes.append([*(prior or []), *made])
-                groups.append(group)
-            row += table.num_rows
-            if not kept:
-                continue
-            meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
-            for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
-                meta = meta.set_column(
-                    meta.schema.get_field_index(name),
-                    name,
-                    pa.array(values, WORK_SCHEMA.field(name).type),
+        try:
+            for table in self.source.full(unit):
+                table = conform(table)
+                kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
+                raw = zip(
+                    _column(table, "key"),
+                    _column(table, "caption"),
+                    _column(table, "article_license_group"),
+                    _column(table, "fixes"),
+                    _column(table, "image_source"),
+                    pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
+                    strict=True,
                 )
-            columns = {name: meta.column(name).to_pylist() for name in meta.column_names}
-            jsons = sample_jsons(columns)
-            view, starts = _image_views(table.column("image"))
-            for j, i in enumerate(kept):
-                group, shard = groups[j], ranks[j] // self.per_shard
-                current = open_shards.get(group)
-                if current is not None and current.index != shard:
-                    yield from self._close(unit, group, open_shards.pop(group), plan)
-                    current = None
-                if current is None:
-                    current = open_shards[group] = _OpenShard(shard)
-                image = view[starts[i] : starts[i + 1]]
-                parts = sample_parts(keys[j], image, jsons[j], captions[j].encode())
-                current.add(ranks[j], meta, j, parts)
-            for current in open_shards.values():
-                current.settle(table.num_rows)
-            stats = Counter(
-                zip(groups, columns["article_journal"], columns["article_year"], strict=True)
-            )
-            for (group, journal, year), n in stats.items():
-                yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
-        for group, current in open_shards.items():
-            yield from self._close(unit, group, current, plan)
+                for i, (key, caption, group, prior, source, head) in enumerate(raw):
+                    try:
+                        safe, text, made = check_text(key, caption, self.max_caption_chars)
+                    except SampleRejected:
+                        continue  # dead-lettered by the light read
+                    if row + i in dropped:
+                        continue  # a duplicate key: dead-lettered by the duplicate search
+                    group = group_of(group)
+                    place = rank[group]
+                    rank[group] += 1
+                    try:
+                        check_image_head(head)
+                    except SampleRejected as err:  # its place stays empty: a shard one short
+                        yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
+                        continue
+                    kept.append(i)
+                    ranks.append(place)
+                    keys.append(safe)
+                    captions.append(text)
+                    fixes.append([*(prior or []), *made])
+                    groups.append(group)
+                row += table.num_rows
+                if not kept:
+                    continue
+                meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
+                for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
+                    meta = meta.set_column(
+                        meta.schema.get_field_index(name),
+                        name,
+                        pa.array(values, WORK_SCHEMA.field(name).type),
+                    )
+                columns = {name: meta.column(name).to_pylist() for name in meta.column_names}
+                jsons = sample_jsons(columns)
+                view, starts = _image_views(table.column("image"))
+                for j, i in enumerate(kept):
+                    group, number = groups[j], ranks[j] // self.per_shard
+                    if group in open_shards and open_shards[group][0] != number:
+                        yield from self._close(unit, group, *open_shards.pop(group), plan)
+                    if group not in open_shards:
+                        open_shards[group] = (
+                            number,
+                            self._open(unit, group, number, ranks[j], plan),
+                        )
+                    parts = sample_parts(
+                        keys[j], view[starts[i] : starts[i + 1]], jsons[j], captions[j].encode()
+                    )
+                    open_shards[group][1].add(meta, j, parts)
+                stats = Counter(
+                    zip(groups, columns["article_journal"], columns["article_year"], strict=True)
+                )
+                for (group, journal, year), n in stats.items():
+                    yield beam.pvalue.TaggedOutput(
+                        STATS, ((group, journal or "", str(year or "")), n)
+                    )
+            for group in list(open_shards):
+                yield from self._close(unit, group, *open_shards.pop(group), plan)
+        finally:
+            for _, stream in open_shards.values():  # a failed unit leaves no file aside
+                stream.abort()
 
-    def _close(self, unit: str, group: str, shard: _OpenShard, plan: ShardPlan):
-        members, index = shard.piece()
-        if plan.holds_whole(unit, group, shard.index):
-            yield beam.pvalue.TaggedOutput(
-                RECORDS, write_shard(self.output, group, shard.index, [(members, index)])
-            )
+    def _open(self, unit: str, group: str, number: int, rank: int, plan: ShardPlan) -> TarStream:
+        if plan.holds_whole(unit, group, number):
+            return TarStream(storage.join(self.output, shard_paths(group, number)[0]))
+        # A piece: a fresh name per write, so a retried bundle never reads a failed
+        # attempt's file (only the paths a bundle outputs are read; the rest go with _work).
+        place = storage.join(self.work, "pieces", group, f"{number:06d}", uuid.uuid4().hex)
+        return TarStream(place + ".tar", first_rank=rank, hashed=False)
+
+    def _close(self, unit: str, group: str, number: int, stream: TarStream, plan: ShardPlan):
+        if plan.holds_whole(unit, group, number):
+            record = stream.close_shard(self.output, group, number)
+            yield beam.pvalue.TaggedOutput(RECORDS, record)
             return
-        place = f"{group}/{shard.index:06d}"
-        yield (
-            (group, shard.index),
-            (
-                shard.first_rank,
-                _spill(self.work, place, members, ".tar"),
-                _spill(self.work, place, table_to_blob(index), ".arrow"),
-            ),
-        )
+        index_path = stream.file.uri.removesuffix(".tar") + ".arrow"
+        storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
+        yield (group, number), (stream.first_rank, stream.file.uri, index_path)
 
 
-def _spill(work: str, place: str, data, suffix: str) -> str:
-    # Only the paths a bundle outputs are ever read, so a fresh name per write is safe: the
-    # files of a failed, retried bundle are never read (and go with the work folder).
-    path = storage.join(work, "pieces", place, uuid.uuid4().hex + suffix)
-    storage.write_bytes(path, data)
-    return path
-
-
-# ---- 3. join the pieces of each shard and write it --------------------------------------------
-
-
-def write_shard(output: str, group: str, index: int, pieces: list) -> ShardRecord:
-    """Join (tar member parts, index table) pieces in order into a shard's tar and Parquet.
-
-    The parts are hashed and written one after the other, never joined into one copy. Each
-    file is written aside and renamed; one identical to what is in place is left alone (a
-    resumed run).
-    """
-    tar_path, parquet_path = shard_paths(group, index)
-    tables, parts, size = [], [], 0
-    for members, table in pieces:
-        tables.append(
-            table.set_column(
-                table.schema.get_field_index("tar_offset"),
-                "tar_offset",
-                pc.add(table.column("tar_offset"), size),
-            )
-        )
-        parts.extend(members)
-        size += sum(len(part) for part in members)
-    parts.append(end_of_archive(size))
-    size += len(parts[-1])
-    index_table = pa.concat_tables(tables)
-    index_table = index_table.append_column(
-        "shard", pa.array([tar_path.removeprefix("webdataset/")] * index_table.num_rows)
-    )
-    index_table = index_table.append_column(
-        "sample_offset", pa.array(range(index_table.num_rows), pa.int64())
-    )
-    index_table = index_table.select(SHARD_INDEX_SCHEMA.names).cast(SHARD_INDEX_SCHEMA)
-    sink = io.BytesIO()
-    pq.write_table(index_table, sink, compression="zstd")
-    rewritten = False
-    digests = {}
-    for path, chunks in ((tar_path, parts), (parquet_path, [sink.getvalue()])):
-        digest = hashlib.sha256()
-        for chunk in chunks:
-            digest.update(chunk)
-        digests[path] = digest.hexdigest()
-        uri = storage.join(output, path)
-        if storage.sha256_of(uri) != digests[path]:  # None where there is no file yet
-            storage.atomic_write(uri, chunks)
-            rewritten = True
-    return ShardRecord(
-        group=group,
-        index=index,
-        path=tar_path,
-        samples=index_table.num_rows,
-        bytes=size,
-        sha256=digests[tar_path],
-        parquet_path=parquet_path,
-        parquet_sha256=digests[parquet_path],
-        rewritten=rewritten,
-        pieces=len(pieces),
-    )
+# ---- 3. join the pieces of each shard that straddles units -----------------------------------
 
 
 class _JoinPieces(beam.DoFn):
-    """Read the pieces of a shard that spans buckets, in rank order, and write it."""
+    """Append the pieces of a shard, in rank order, to its tar, and close it."""
 
     def __init__(self, output: str):
         self.output = output
 
     def process(self, element):
-        (group, index), pieces = element
-        loaded = [
-            ([storage.read_bytes(members)], blob_to_table(storage.read_bytes(table)))
-            for _, members, table in sorted(pieces, key=lambda piece: piece[0])
-        ]
-        yield write_shard(self.output, group, index, loaded)
+        (group, number), pieces = element
+        stream = TarStream(storage.join(self.output, shard_paths(group, number)[0]))
+        try:
+            for _, members, index in sorted(pieces, key=lambda piece: piece[0]):
+                stream.add_piece(
+                    storage.read_bytes(members), blob_to_table(storage.read_bytes(index))
+                )
+            yield stream.close_shard(self.output, group, number)
+        except BaseException:
+            stream.abort()
+            raise
 
 
 @dataclass

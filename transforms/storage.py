@@ -261,34 +261,70 @@ def sha256_of(uri: str, s3: S3Config = S3Config()) -> str | None:
 
     if not exists(uri, s3):
         return None
-    return hashlib.sha256(read_bytes(uri, s3)).hexdigest()
+    digest = hashlib.sha256()
+    with open_stream(uri, s3) as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class AtomicWriter:
+    """A file written in chunks aside and moved into place by commit(): a half-written file
+    never has the final name, and abort() (or an error) leaves no trace.
+
+    s3:// objects appear whole on PUT, so their chunks are held and sent on commit.
+    """
+
+    def __init__(self, uri: str, s3: S3Config = S3Config()):
+        self.uri, self.s3 = uri, s3
+        self.chunks: list | None = None
+        self.handle = None
+        if is_s3(uri):
+            self.chunks = []
+            return
+        if "://" in uri:
+            head, _, name = uri.rpartition("/")
+            self.aside = f"{head}/_{name}.inprogress"
+        else:
+            head, name = os.path.split(uri)
+            os.makedirs(head or ".", exist_ok=True)
+            self.aside = os.path.join(head, f"_{name}.inprogress")
+        self.handle = FileSystems.create(self.aside, compression_type="uncompressed")
+
+    def write(self, chunk) -> None:
+        if self.chunks is not None:
+            self.chunks.append(bytes(chunk))
+        else:
+            self.handle.write(chunk)
+
+    def commit(self) -> None:
+        if self.chunks is not None:
+            write_bytes(self.uri, b"".join(self.chunks), self.s3)
+            self.chunks = []
+            return
+        self.handle.close()
+        # The rename replaces an older file in one step: no moment without a complete file.
+        FileSystems.rename([self.aside], [self.uri])
+
+    def abort(self) -> None:
+        if self.chunks is not None:
+            self.chunks = []
+            return
+        self.handle.close()
+        if FileSystems.exists(self.aside):
+            FileSystems.delete([self.aside])
 
 
 def atomic_write(uri: str, chunks, s3: S3Config = S3Config()) -> None:
-    """Write chunks aside, then move into place: a half-written file never has the final name.
-
-    s3:// objects appear whole on PUT, so they are written directly.
-    """
-    if is_s3(uri):
-        write_bytes(uri, b"".join(chunks), s3)
-        return
-    if "://" in uri:
-        head, _, name = uri.rpartition("/")
-        aside = f"{head}/_{name}.inprogress"
-    else:
-        head, name = os.path.split(uri)
-        os.makedirs(head or ".", exist_ok=True)
-        aside = os.path.join(head, f"_{name}.inprogress")
+    """Write chunks aside, then move into place (see AtomicWriter)."""
+    writer = AtomicWriter(uri, s3)
     try:
-        with FileSystems.create(aside, compression_type="uncompressed") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
+        for chunk in chunks:
+            writer.write(chunk)
     except BaseException:
-        if FileSystems.exists(aside):
-            FileSystems.delete([aside])
+        writer.abort()
         raise
-    # The rename replaces an older file in one step: no moment without a complete file.
-    FileSystems.rename([aside], [uri])
+    writer.commit()
 
 
 def remove_tree(uri: str, s3: S3Config = S3Config()) -> None:

@@ -383,6 +383,47 @@ def test_shards_spanning_input_files_are_joined_in_order(built, tmp_path):
     assert not (one / "_work").exists()
 
 
+def test_unreadable_input_files_are_dead_letters(built, tmp_path):
+    """A figure file that cannot be read at all, and one whose image pages break only when
+    the shards are written: both become dead letters, the rest is sharded, counts add up."""
+    figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(path) for path in figures)
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    parts = [table.slice(0, 16), table.slice(16, 17), table.slice(33)]
+    for i, part in enumerate(parts):
+        pq.write_table(part, folder / f"part-{i}.parquet")
+    truncated = folder / "part-1.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    # part-2: garbage over the image column's first page header. The light read never
+    # touches that column; the full read fails on it.
+    broken = folder / "part-2.parquet"
+    metadata = pq.ParquetFile(broken).metadata
+    image = metadata.schema.to_arrow_schema().get_field_index("image")
+    offset = metadata.row_group(0).column(image).data_page_offset
+    data = bytearray(broken.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    broken.write_bytes(bytes(data))
+    assert pq.read_table(broken, columns=["key", "caption"]).num_rows == parts[2].num_rows
+
+    output = tmp_path / "dataset"
+    counts = assert_balanced(run_shard(folder / "*.parquet", output))
+    dead = read_dead_letters(output)
+    assert counts["in"] == parts[0].num_rows + 1 + parts[2].num_rows
+    assert Counter(d["reason"] for d in dead) == {"unit_unreadable": 1 + parts[2].num_rows}
+    whole_file = [d for d in dead if d["key"] == str(truncated)]
+    assert len(whole_file) == 1 and whole_file[0]["detail"]
+    lost = {d["key"] for d in dead if d["key"] != str(truncated)}
+    assert lost == set(parts[2].column("key").to_pylist())
+    # What was readable is sharded, in order; nothing is left aside.
+    samples = read_samples(output)
+    assert set(samples) == set(parts[0].column("key").to_pylist())
+    for group, keys in input_order([folder / "part-0.parquet"]).items():
+        assert shard_order(output, group) == keys
+    assert not (output / "_work").exists()
+    assert not [p for p in output.rglob("*") if "inprogress" in p.name]
+
+
 # ---- 5. resume, refusal, overwrite --------------------------------------------------------------
 
 
@@ -745,6 +786,32 @@ def test_subset_by_list_field(built, tmp_path):
     for key, sample in samples.items():
         assert sample["jpg"] == figures[key]["image"]
         assert sample["txt"] == figures[key]["caption"]
+
+
+def test_subset_of_a_damaged_dataset(built, tmp_path):
+    """A source shard whose tar is gone, and one whose Parquet is cut short: dead letters,
+    and the rest of the subset as it would be."""
+    source = tmp_path / "source"
+    shutil.copytree(built["dataset"], source)
+    shards = manifest_of(source)["shards"]
+    gone, cut = shards[0], shards[1]
+    (source / gone["path"]).unlink()
+    index = source / cut["parquet_path"]
+    index.write_bytes(index.read_bytes()[:500])
+    output = tmp_path / "subset"
+    report = subset_pipeline.run(
+        ["--input", str(source), "--output", str(output), "--where", "len(key) > 0"]
+    )
+    assert report["balanced"], report
+    dead = read_dead_letters(output)
+    lost = pq.read_table(built["dataset"] / gone["parquet_path"]).column("key").to_pylist()
+    assert sorted(d["key"] for d in dead if d["reason"] == "image_missing") == sorted(lost)
+    unreadable = [d for d in dead if d["reason"] == "unit_unreadable"]
+    assert [d["key"] for d in unreadable] == [cut["path"].removeprefix("webdataset/")]
+    expected = set(built["figures"]) - set(lost)
+    expected -= set(pq.read_table(built["dataset"] / cut["parquet_path"]).column("key").to_pylist())
+    assert set(read_samples(output)) == expected
+    assert report["stages"]["subset"]["out"] == len(expected) + len(lost)
 
 
 @pytest.mark.parametrize(

@@ -60,15 +60,17 @@ def manifest_bytes(manifest: dict) -> bytes:
 
 
 def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = False) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    # Figure + Agg canvas directly: pyplot (its import alone costs about half a CPU second)
+    # is for interactive use, and keeps global state a worker does not need.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     labels = [str(k) for k, _ in counts] or ["(none)"]
     values = [v for _, v in counts] or [0]
     height = max(3.0, 0.3 * len(labels) + 1.5) if horizontal else 4.0
-    fig, ax = plt.subplots(figsize=(8, height), dpi=100)
+    fig = Figure(figsize=(8, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if horizontal:
         ax.barh(labels[::-1], values[::-1], color="#3b6ea5")
     else:
@@ -80,7 +82,6 @@ def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = Fal
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", metadata={"Software": None})
-    plt.close(fig)
     return out.getvalue()
 
 

@@ -60,6 +60,7 @@ CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
 
 # Rows as the shard stage holds them: a figure row plus the fixes made on the way.
 WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [arrow_schema(ShardPlacement).field("fixes")])
+UNREADABLE = "unit_unreadable"  # an input file (or source shard) that cannot be read
 DUPLICATE_DETAIL = (
     "another row has the same key; the one with the smaller image hash "
     "(then caption, then input position) is kept"
@@ -124,7 +125,15 @@ class _PlaceUnit(beam.DoFn):
         )
 
     def process(self, unit: str):
-        table, counts = self.source.light(unit)
+        try:
+            table, counts = self.source.light(unit)
+        except Exception as err:  # an unreadable input file is bad input: data, not a crash
+            yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", 1))
+            yield dead(STAGE, unit, UNREADABLE, f"{type(err).__name__}: {err}", unit)
+        else:
+            yield from self._place(unit, table, counts)
+
+    def _place(self, unit: str, table: pa.Table, counts: list):
         for count in counts:
             yield beam.pvalue.TaggedOutput(COUNTS, count)
         yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
@@ -178,88 +187,128 @@ def _image_views(column: pa.ChunkedArray) -> tuple[memoryview, np.ndarray]:
     return (memoryview(data) if data is not None else memoryview(b"")), starts
 
 
+class _UnitWrite:
+    """Where one unit's write stands: next rank per group, open shard streams (with the
+    unit rows they hold), and the rows whose outcome is settled (written or dead-lettered)."""
+
+    def __init__(self, unit: str, plan: ShardPlan):
+        self.unit, self.plan = unit, plan
+        self.dropped = plan.dropped.get(unit, frozenset())
+        self.rank = {group: plan.start.get((unit, group), 0) for group in GROUPS}
+        self.streams: dict[str, tuple[int, TarStream, list[int]]] = {}
+        self.settled: set[int] = set()
+
+
 class _WriteUnit(beam.DoFn):
+    """Full read of a unit: its whole shards written in place, pieces of the others spilled."""
+
     def __init__(self, source, per_shard: int, max_caption_chars: int, work: str, output: str):
         self.source, self.per_shard, self.max_caption_chars = source, per_shard, max_caption_chars
         self.work, self.output = work, output
 
     def process(self, unit: str, plan: ShardPlan):
-        dropped = plan.dropped.get(unit, frozenset())
-        rank = {group: plan.start.get((unit, group), 0) for group in GROUPS}
-        open_shards: dict[str, tuple[int, TarStream]] = {}
-        row = 0
+        if unit in plan.units:  # one unreadable at the light read is dead-lettered there
+            yield from self._write(_UnitWrite(unit, plan))
+
+    def _write(self, state: _UnitWrite):
+        tables, row = self.source.full(state.unit), 0
         try:
-            for table in self.source.full(unit):
-                table = conform(table)
-                kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
-                raw = zip(
-                    _column(table, "key"),
-                    _column(table, "caption"),
-                    _column(table, "article_license_group"),
-                    _column(table, "fixes"),
-                    _column(table, "image_source"),
-                    pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
-                    strict=True,
-                )
-                for i, (key, caption, group, prior, source, head) in enumerate(raw):
-                    try:
-                        safe, text, made = check_text(key, caption, self.max_caption_chars)
-                    except SampleRejected:
-                        continue  # dead-lettered by the light read
-                    if row + i in dropped:
-                        continue  # a duplicate key: dead-lettered by the duplicate search
-                    group = group_of(group)
-                    place = rank[group]
-                    rank[group] += 1
-                    try:
-                        check_image_head(head)
-                    except SampleRejected as err:  # its place stays empty: a shard one short
-                        yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
-                        continue
-                    kept.append(i)
-                    ranks.append(place)
-                    keys.append(safe)
-                    captions.append(text)
-                    fixes.append([*(prior or []), *made])
-                    groups.append(group)
+            while True:
+                # Only the source's own read errors become dead letters; a failed write
+                # fails the bundle, which the runner retries.
+                try:
+                    table = next(tables)
+                except StopIteration:
+                    break
+                except Exception as err:
+                    for _, stream, _ in state.streams.values():
+                        stream.abort()
+                    state.streams.clear()
+                    yield from self._lost(state, err)
+                    return
+                yield from self._batch(state, conform(table), row)
                 row += table.num_rows
-                if not kept:
-                    continue
-                meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
-                for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
-                    meta = meta.set_column(
-                        meta.schema.get_field_index(name),
-                        name,
-                        pa.array(values, WORK_SCHEMA.field(name).type),
-                    )
-                columns = {name: meta.column(name).to_pylist() for name in meta.column_names}
-                jsons = sample_jsons(columns)
-                view, starts = _image_views(table.column("image"))
-                for j, i in enumerate(kept):
-                    group, number = groups[j], ranks[j] // self.per_shard
-                    if group in open_shards and open_shards[group][0] != number:
-                        yield from self._close(unit, group, *open_shards.pop(group), plan)
-                    if group not in open_shards:
-                        open_shards[group] = (
-                            number,
-                            self._open(unit, group, number, ranks[j], plan),
-                        )
-                    parts = sample_parts(
-                        keys[j], view[starts[i] : starts[i + 1]], jsons[j], captions[j].encode()
-                    )
-                    open_shards[group][1].add(meta, j, parts)
-                stats = Counter(
-                    zip(groups, columns["article_journal"], columns["article_year"], strict=True)
-                )
-                for (group, journal, year), n in stats.items():
-                    yield beam.pvalue.TaggedOutput(
-                        STATS, ((group, journal or "", str(year or "")), n)
-                    )
-            for group in list(open_shards):
-                yield from self._close(unit, group, *open_shards.pop(group), plan)
+            for group in list(state.streams):
+                yield from self._close(state, group)
         finally:
-            for _, stream in open_shards.values():  # a failed unit leaves no file aside
+            for _, stream, _ in state.streams.values():  # a failed unit leaves no file aside
                 stream.abort()
+
+    def _batch(self, state: _UnitWrite, table: pa.Table, row: int):
+        kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
+        raw = zip(
+            _column(table, "key"),
+            _column(table, "caption"),
+            _column(table, "article_license_group"),
+            _column(table, "fixes"),
+            _column(table, "image_source"),
+            pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
+            strict=True,
+        )
+        for i, (key, caption, group, prior, source, head) in enumerate(raw):
+            try:
+                safe, text, made = check_text(key, caption, self.max_caption_chars)
+            except SampleRejected:
+                continue  # dead-lettered by the light read
+            if row + i in state.dropped:
+                continue  # a duplicate key: dead-lettered by the duplicate search
+            group = group_of(group)
+            place = state.rank[group]
+            state.rank[group] += 1
+            try:
+                check_image_head(head)
+            except SampleRejected as err:  # its place stays empty: a shard one short
+                state.settled.add(row + i)
+                yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
+                continue
+            kept.append(i)
+            ranks.append(place)
+            keys.append(safe)
+            captions.append(text)
+            fixes.append([*(prior or []), *made])
+            groups.append(group)
+        if not kept:
+            return
+        meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
+        for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
+            meta = meta.set_column(
+                meta.schema.get_field_index(name),
+                name,
+                pa.array(values, WORK_SCHEMA.field(name).type),
+            )
+        jsons = sample_jsons({name: meta.column(name).to_pylist() for name in meta.column_names})
+        view, starts = _image_views(table.column("image"))
+        for j, i in enumerate(kept):
+            group, number = groups[j], ranks[j] // self.per_shard
+            if group in state.streams and state.streams[group][0] != number:
+                yield from self._close(state, group)
+            if group not in state.streams:
+                stream = self._open(state.unit, group, number, ranks[j], state.plan)
+                state.streams[group] = (number, stream, [])
+            _, stream, rows = state.streams[group]
+            image = view[starts[i] : starts[i + 1]]
+            stream.add(meta, j, sample_parts(keys[j], image, jsons[j], captions[j].encode()))
+            rows.append(row + i)
+
+    def _lost(self, state: _UnitWrite, err: Exception):
+        """Dead letters for the rows of a unit that broke mid-read and were not yet written
+        (their keys from the light read, which worked before)."""
+        table, _ = self.source.light(state.unit)
+        detail = f"{type(err).__name__}: {err}"
+        raw = zip(
+            _column(table, "key"),
+            _column(table, "caption"),
+            _column(table, "image_source"),
+            strict=True,
+        )
+        for row, (key, caption, source) in enumerate(raw):
+            if row in state.settled or row in state.dropped:
+                continue
+            try:
+                safe, _, _ = check_text(key, caption, self.max_caption_chars)
+            except SampleRejected:
+                continue  # dead-lettered by the light read
+            yield dead(STAGE, safe, UNREADABLE, detail, str(source or state.unit))
 
     def _open(self, unit: str, group: str, number: int, rank: int, plan: ShardPlan) -> TarStream:
         if plan.holds_whole(unit, group, number):
@@ -269,14 +318,25 @@ class _WriteUnit(beam.DoFn):
         place = storage.join(self.work, "pieces", group, f"{number:06d}", uuid.uuid4().hex)
         return TarStream(place + ".tar", first_rank=rank, hashed=False)
 
-    def _close(self, unit: str, group: str, number: int, stream: TarStream, plan: ShardPlan):
-        if plan.holds_whole(unit, group, number):
-            record = stream.close_shard(self.output, group, number)
-            yield beam.pvalue.TaggedOutput(RECORDS, record)
-            return
-        index_path = stream.file.uri.removesuffix(".tar") + ".arrow"
-        storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
-        yield (group, number), (stream.first_rank, stream.file.uri, index_path)
+    def _close(self, state: _UnitWrite, group: str):
+        number, stream, rows = state.streams.pop(group)
+        index = stream.index()
+        stats = Counter(
+            zip(
+                index.column("article_journal").to_pylist(),
+                index.column("article_year").to_pylist(),
+                strict=True,
+            )
+        )
+        for (journal, year), n in stats.items():
+            yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
+        if state.plan.holds_whole(state.unit, group, number):
+            yield beam.pvalue.TaggedOutput(RECORDS, stream.close_shard(self.output, group, number))
+        else:
+            index_path = stream.file.uri.removesuffix(".tar") + ".arrow"
+            storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
+            yield (group, number), (stream.first_rank, stream.file.uri, index_path)
+        state.settled.update(rows)
 
 
 # ---- 3. join the pieces of each shard that straddles units -----------------------------------
@@ -384,12 +444,15 @@ class WriteShards(beam.PTransform):
 
 
 def count_rows(files: list[str]) -> int:
-    """Rows of Parquet files, from their footers."""
+    """Rows of Parquet files, from their footers (an unreadable file counts none here; the
+    job dead-letters it)."""
     total = 0
     for uri in files:
         source = open_native(uri)
         try:
             total += pq.ParquetFile(source).metadata.num_rows
+        except (OSError, ValueError, pa.ArrowException):
+            continue
         finally:
             if not isinstance(source, str):
                 source.close()

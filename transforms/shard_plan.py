@@ -51,6 +51,7 @@ class ShardPlan:
     count: dict[tuple[str, str], int] = field(default_factory=dict)
     total: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, frozenset[int]] = field(default_factory=dict)
+    units: frozenset[str] = frozenset()  # the units placed (an unreadable one is not)
 
     @classmethod
     def build(
@@ -64,6 +65,7 @@ class ShardPlan:
             less[(candidate.unit, candidate.group)] += 1
             rows[candidate.unit].add(candidate.row)
         plan.dropped = {unit: frozenset(r) for unit, r in rows.items()}
+        plan.units = frozenset(unit for unit, _ in counts)
         for unit, groups in sorted(counts):
             for group, n in sorted(groups.items()):
                 kept = n - less[(unit, group)]

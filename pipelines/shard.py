@@ -89,8 +89,24 @@ def prepare_dataset_output(output: str, fingerprint: dict, overwrite: bool) -> s
     return mode
 
 
+def remove_unlisted(output: str, manifest: dict) -> list[str]:
+    """Delete shard files the manifest does not list (left by an attempt that failed, or a
+    file put there by hand): the folders hold exactly the dataset. The paths removed."""
+    listed = {
+        storage.join(output, s[k]) for s in manifest["shards"] for k in ("path", "parquet_path")
+    }
+    removed = []
+    for pattern in ("webdataset/*/*", "parquet/*/*"):
+        for found in storage.glob(storage.join(output, pattern)):
+            if found.uri not in listed:
+                storage.remove(found.uri)
+                removed.append(found.uri)
+    return removed
+
+
 def _finish(records, stats, output: str, source: str, parameters: dict):
     manifest = dataset_card.build_manifest(records, source, parameters)
+    remove_unlisted(output, manifest)
     for path, data in dataset_card.build_card(manifest, stats).items():
         storage.atomic_write(storage.join(output, path), [data])
     storage.atomic_write(

@@ -348,17 +348,25 @@ def test_same_bytes_on_other_runners(built, tmp_path):
     assert digests(portable, "webdataset", "parquet", "manifest.json") == reference
 
 
+def split_figures(built, folder: Path, bounds=(5, 16, 17, 33)) -> list[pa.Table]:
+    """The extract's figure rows cut into files part-0, part-1, ... (named in their order)
+    at the given row numbers; the tables written."""
+    figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(path) for path in figures)
+    folder.mkdir()
+    cuts = [0, *bounds, table.num_rows]
+    parts = [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False)]
+    for i, part in enumerate(parts):
+        pq.write_table(part, folder / f"part-{i}.parquet")
+    return parts
+
+
 def test_shards_spanning_input_files_are_joined_in_order(built, tmp_path):
     """The same rows split over several files (named in their order) give the same bytes:
     shards that straddle files are joined from pieces, on one worker or two."""
-    figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
-    table = pa.concat_tables(pq.read_table(path) for path in figures)
     split = tmp_path / "split"
-    split.mkdir()
     # Sizes that are no multiple of 7: most shards of each group straddle two files.
-    bounds = [0, 5, 16, 17, 33, table.num_rows]
-    for i, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        pq.write_table(table.slice(start, stop - start), split / f"part-{i}.parquet")
+    split_figures(built, split)
     one, two = tmp_path / "one", tmp_path / "two"
     counts = assert_balanced(run_shard(split / "*.parquet", one))
     assert counts["shards_joined_from_pieces"] >= 4
@@ -383,16 +391,60 @@ def test_shards_spanning_input_files_are_joined_in_order(built, tmp_path):
     assert not (one / "_work").exists()
 
 
-def test_unreadable_input_files_are_dead_letters(built, tmp_path):
+def test_a_read_that_fails_once_is_retried(built, tmp_path, monkeypatch):
+    """A storage blip in the middle of a file (after some of its shards and pieces were
+    written) costs a retry of that file, not its samples: the same bytes as a clean run."""
+    from transforms import shard as shard_module
+    from transforms import shard_sources
+    from transforms.shard_sources import ParquetSource
+
+    split = tmp_path / "split"
+    split_figures(built, split)
+    marker = tmp_path / "failed-once"
+    read = ParquetSource.full
+
+    def flaky(self, unit):
+        for n, table in enumerate(read(self, unit)):
+            if unit.endswith("part-4.parquet") and n == 3 and not marker.exists():
+                marker.touch()
+                raise OSError("Connection reset by peer")
+            yield table
+
+    monkeypatch.setattr(ParquetSource, "full", flaky)
+    monkeypatch.setattr(shard_module, "RETRY_SECONDS", 0)
+    monkeypatch.setattr(shard_sources, "BATCH_ROWS", 4)  # several batches per file
+    output = tmp_path / "dataset"
+    counts = assert_balanced(run_shard(split / "*.parquet", output))
+    assert marker.exists() and counts["dead_letter"] == 0
+    shards = ("webdataset", "parquet")
+    assert digests(output, *shards) == digests(built["dataset"], *shards)
+
+
+def test_group_column_as_bytes_is_placed_like_text(built, tmp_path):
+    """One file's license group column is binary (as some writers store strings): both reads
+    place its rows alike, so the shards are those of the same rows as text."""
+    folder = tmp_path / "figures"
+    parts = split_figures(built, folder, bounds=(20,))
+    second = parts[1]
+    column = second.schema.get_field_index("article_license_group")
+    as_bytes = second.column(column).cast(pa.binary())
+    second = second.set_column(column, pa.field("article_license_group", pa.binary()), as_bytes)
+    pq.write_table(second, folder / "part-1.parquet")
+    output = tmp_path / "dataset"
+    counts = assert_balanced(run_shard(folder / "*.parquet", output))
+    assert counts["out"] == len(built["figures"])
+    shards = ("webdataset", "parquet")
+    assert digests(output, *shards) == digests(built["dataset"], *shards)
+
+
+def test_unreadable_input_files_are_dead_letters(built, tmp_path, monkeypatch):
     """A figure file that cannot be read at all, and one whose image pages break only when
     the shards are written: both become dead letters, the rest is sharded, counts add up."""
-    figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
-    table = pa.concat_tables(pq.read_table(path) for path in figures)
+    from transforms import shard as shard_module
+
+    monkeypatch.setattr(shard_module, "RETRY_SECONDS", 0)
     folder = tmp_path / "figures"
-    folder.mkdir()
-    parts = [table.slice(0, 16), table.slice(16, 17), table.slice(33)]
-    for i, part in enumerate(parts):
-        pq.write_table(part, folder / f"part-{i}.parquet")
+    parts = split_figures(built, folder, bounds=(16, 33))
     truncated = folder / "part-1.parquet"
     truncated.write_bytes(truncated.read_bytes()[:3000])
     # part-2: garbage over the image column's first page header. The light read never
@@ -439,6 +491,14 @@ def test_resume_rewrites_only_the_missing_shard(built, tmp_path):
     victim = manifest["shards"][len(manifest["shards"]) // 2]["path"]
     (dataset / victim).unlink()
     kept = mtimes(dataset)
+    # What a crashed attempt may leave: a file aside and a shard beyond the last.
+    junk = [
+        dataset / "webdataset/commercial/_000000.tar.inprogress",
+        dataset / "parquet/other/999999.parquet",
+    ]
+    for path in junk:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left over")
 
     report = run_shard(built["extract"], dataset)
     counts = assert_balanced(report)
@@ -448,6 +508,9 @@ def test_resume_rewrites_only_the_missing_shard(built, tmp_path):
     assert counts["out"] == len(built["figures"])
     after = mtimes(dataset)
     assert {name: after[name] for name in kept} == kept
+    assert not any(path.exists() for path in junk)
+    listed = {s[k] for s in manifest["shards"] for k in ("path", "parquet_path")}
+    assert set(tree(dataset, "webdataset", "parquet")) == listed
     assert digests(dataset, "webdataset", "parquet") == before
     assert manifest_of(dataset) == manifest
 
@@ -788,9 +851,12 @@ def test_subset_by_list_field(built, tmp_path):
         assert sample["txt"] == figures[key]["caption"]
 
 
-def test_subset_of_a_damaged_dataset(built, tmp_path):
+def test_subset_of_a_damaged_dataset(built, tmp_path, monkeypatch):
     """A source shard whose tar is gone, and one whose Parquet is cut short: dead letters,
     and the rest of the subset as it would be."""
+    from transforms import shard as shard_module
+
+    monkeypatch.setattr(shard_module, "RETRY_SECONDS", 0)
     source = tmp_path / "source"
     shutil.copytree(built["dataset"], source)
     shards = manifest_of(source)["shards"]
@@ -805,9 +871,17 @@ def test_subset_of_a_damaged_dataset(built, tmp_path):
     assert report["balanced"], report
     dead = read_dead_letters(output)
     lost = pq.read_table(built["dataset"] / gone["parquet_path"]).column("key").to_pylist()
-    assert sorted(d["key"] for d in dead if d["reason"] == "image_missing") == sorted(lost)
-    unreadable = [d for d in dead if d["reason"] == "unit_unreadable"]
-    assert [d["key"] for d in unreadable] == [cut["path"].removeprefix("webdataset/")]
+    assert Counter(d["reason"] for d in dead) == {"unit_unreadable": len(lost) + 1}
+    # The gone tar: each of its matches, with the error; the cut index: itself.
+    assert sorted(d["key"] for d in dead if d["key"] in lost) == sorted(lost)
+    assert all(
+        "No such file" in d["detail"] or "not found" in d["detail"].lower()
+        for d in dead
+        if d["key"] in lost
+    )
+    assert [d["key"] for d in dead if d["key"] not in lost] == [
+        cut["path"].removeprefix("webdataset/")
+    ]
     expected = set(built["figures"]) - set(lost)
     expected -= set(pq.read_table(built["dataset"] / cut["parquet_path"]).column("key").to_pylist())
     assert set(read_samples(output)) == expected

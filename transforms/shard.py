@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -61,13 +62,23 @@ CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
 # Rows as the shard stage holds them: a figure row plus the fixes made on the way.
 WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [arrow_schema(ShardPlacement).field("fixes")])
 UNREADABLE = "unit_unreadable"  # an input file (or source shard) that cannot be read
+# Reads of a unit before its failure is taken for damage (and dead-lettered), not a blip.
+READ_ATTEMPTS = 3
+RETRY_SECONDS = 0.25
 DUPLICATE_DETAIL = (
     "another row has the same key; the one with the smaller image hash "
     "(then caption, then input position) is kept"
 )
 
 
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return "" if value is None else str(value)
+
+
 def group_of(value) -> str:
+    value = _text(value)
     return value if value in GROUPS else OTHER
 
 
@@ -110,6 +121,26 @@ def _column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
 
 
+def _placement(table: pa.Table) -> tuple[list, list, list, list]:
+    """(keys, captions, groups, sources) of a table as read, before any cast: both reads
+    take them from here, so that both place every row alike."""
+    groups = [group_of(g) for g in _column(table, "article_license_group")]
+    sources = [_text(s) for s in _column(table, "image_source")]
+    return _column(table, "key"), _column(table, "caption"), groups, sources
+
+
+def _with_retries(read):
+    """read(), tried again after a short wait when it raises: a transient storage error
+    passes, a damaged file fails every time (and its last error is raised)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except Exception:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+            time.sleep(RETRY_SECONDS * 2**attempt)
+
+
 # ---- 1. check every row, without its image, and count where it goes -------------------------
 
 
@@ -126,38 +157,32 @@ class _PlaceUnit(beam.DoFn):
 
     def process(self, unit: str):
         try:
-            table, counts = self.source.light(unit)
+            table, counts = _with_retries(lambda: self.source.light(unit))
+            keys, captions, groups, sources = _placement(table)
+            hashes = [_text(h) for h in _column(table, "image_hash")]
         except Exception as err:  # an unreadable input file is bad input: data, not a crash
             yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", 1))
             yield dead(STAGE, unit, UNREADABLE, f"{type(err).__name__}: {err}", unit)
         else:
-            yield from self._place(unit, table, counts)
+            for count in counts:
+                yield beam.pvalue.TaggedOutput(COUNTS, count)
+            yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
+            yield from self._place(unit, keys, captions, groups, sources, hashes)
 
-    def _place(self, unit: str, table: pa.Table, counts: list):
-        for count in counts:
-            yield beam.pvalue.TaggedOutput(COUNTS, count)
-        yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", table.num_rows))
-        rows = zip(
-            *(_column(table, name) for name in ("key", "caption", "article_license_group")),
-            _column(table, "image_hash"),
-            _column(table, "image_source"),
-            strict=True,
-        )
+    def _place(self, unit: str, keys, captions, groups, sources, hashes):
         placed: Counter = Counter()
         buckets: dict[int, list[Candidate]] = defaultdict(list)
-        for row, (key, caption, group, image_hash, source) in enumerate(rows):
+        rows = zip(keys, captions, groups, sources, hashes, strict=True)
+        for row, (key, caption, group, source, image_hash) in enumerate(rows):
             try:
                 safe, text, _ = check_text(key, caption, self.max_caption_chars)
             except SampleRejected as err:
-                yield dead(STAGE, str(key), err.reason, err.detail, str(source or ""))
+                yield dead(STAGE, str(key), err.reason, err.detail, source)
                 continue
-            group = group_of(group)
             placed[group] += 1
             caption_digest = hashlib.sha1(text.encode()).hexdigest()
             buckets[bucket_of(safe, self.key_buckets)].append(
-                Candidate(
-                    safe, image_hash or "", caption_digest, unit, row, group, str(source or "")
-                )
+                Candidate(safe, image_hash, caption_digest, unit, row, group, source)
             )
         for bucket, candidates in buckets.items():
             yield beam.pvalue.TaggedOutput(CANDIDATES, (bucket, candidates))
@@ -207,59 +232,67 @@ class _WriteUnit(beam.DoFn):
         self.work, self.output = work, output
 
     def process(self, unit: str, plan: ShardPlan):
-        if unit in plan.units:  # one unreadable at the light read is dead-lettered there
-            yield from self._write(_UnitWrite(unit, plan))
+        if unit not in plan.units:  # unreadable at the light read: dead-lettered there
+            return
+        for attempt in range(READ_ATTEMPTS):
+            # Outputs wait for the attempt to end: a retried one must not emit pieces twice.
+            # (Whole shards a failed attempt wrote are written identically by the next.)
+            state, outputs = _UnitWrite(unit, plan), []
+            error = self._write(state, outputs)
+            if error is None or attempt + 1 == READ_ATTEMPTS:
+                break
+            time.sleep(RETRY_SECONDS * 2**attempt)
+        yield from outputs
+        if error is not None:
+            yield from self._lost(state, error)
 
-    def _write(self, state: _UnitWrite):
+    def _write(self, state: _UnitWrite, outputs: list) -> Exception | None:
+        """Write a unit's samples; the source's read error if it breaks (after aborting the
+        open shards), None once all are written. A failed write raises: the runner retries
+        the bundle."""
         tables, row = self.source.full(state.unit), 0
         try:
             while True:
-                # Only the source's own read errors become dead letters; a failed write
-                # fails the bundle, which the runner retries.
                 try:
-                    table = next(tables)
+                    raw = next(tables)
+                    placement = _placement(raw)
+                    table = conform(raw)
                 except StopIteration:
                     break
-                except Exception as err:
-                    for _, stream, _ in state.streams.values():
-                        stream.abort()
-                    state.streams.clear()
-                    yield from self._lost(state, err)
-                    return
-                yield from self._batch(state, conform(table), row)
+                except Exception as err:  # damaged data (or a read that keeps failing)
+                    return err
+                outputs.extend(self._batch(state, table, placement, row))
                 row += table.num_rows
             for group in list(state.streams):
-                yield from self._close(state, group)
+                outputs.extend(self._close(state, group))
+            return None
         finally:
             for _, stream, _ in state.streams.values():  # a failed unit leaves no file aside
                 stream.abort()
+            state.streams.clear()
 
-    def _batch(self, state: _UnitWrite, table: pa.Table, row: int):
+    def _batch(self, state: _UnitWrite, table: pa.Table, placement: tuple, row: int):
         kept, keys, captions, fixes, ranks, groups = [], [], [], [], [], []
         raw = zip(
-            _column(table, "key"),
-            _column(table, "caption"),
-            _column(table, "article_license_group"),
+            *placement,
             _column(table, "fixes"),
-            _column(table, "image_source"),
             pc.binary_slice(table.column("image"), 0, 3).to_pylist(),
             strict=True,
         )
-        for i, (key, caption, group, prior, source, head) in enumerate(raw):
+        for i, (key, caption, group, source, prior, head) in enumerate(raw):
             try:
                 safe, text, made = check_text(key, caption, self.max_caption_chars)
             except SampleRejected:
                 continue  # dead-lettered by the light read
             if row + i in state.dropped:
                 continue  # a duplicate key: dead-lettered by the duplicate search
-            group = group_of(group)
             place = state.rank[group]
             state.rank[group] += 1
             try:
                 check_image_head(head)
             except SampleRejected as err:  # its place stays empty: a shard one short
                 state.settled.add(row + i)
-                yield dead(STAGE, safe, err.reason, err.detail, str(source or ""))
+                yield dead(STAGE, safe, err.reason, err.detail, source)
                 continue
             kept.append(i)
             ranks.append(place)
@@ -293,33 +326,30 @@ class _WriteUnit(beam.DoFn):
     def _lost(self, state: _UnitWrite, err: Exception):
         """Dead letters for the rows of a unit that broke mid-read and were not yet written
         (their keys from the light read, which worked before)."""
-        table, _ = self.source.light(state.unit)
+        table, _ = _with_retries(lambda: self.source.light(state.unit))
+        keys, captions, _, sources = _placement(table)
         detail = f"{type(err).__name__}: {err}"
-        raw = zip(
-            _column(table, "key"),
-            _column(table, "caption"),
-            _column(table, "image_source"),
-            strict=True,
-        )
-        for row, (key, caption, source) in enumerate(raw):
+        rows = zip(keys, captions, sources, strict=True)
+        for row, (key, caption, source) in enumerate(rows):
             if row in state.settled or row in state.dropped:
                 continue
             try:
                 safe, _, _ = check_text(key, caption, self.max_caption_chars)
             except SampleRejected:
                 continue  # dead-lettered by the light read
-            yield dead(STAGE, safe, UNREADABLE, detail, str(source or state.unit))
+            yield dead(STAGE, safe, UNREADABLE, detail, source or state.unit)
 
     def _open(self, unit: str, group: str, number: int, rank: int, plan: ShardPlan) -> TarStream:
         if plan.holds_whole(unit, group, number):
-            return TarStream(storage.join(self.output, shard_paths(group, number)[0]))
+            uri = storage.join(self.output, shard_paths(group, number)[0])
+            return TarStream(uri, held=storage.exists(uri))
         # A piece: a fresh name per write, so a retried bundle never reads a failed
         # attempt's file (only the paths a bundle outputs are read; the rest go with _work).
         place = storage.join(self.work, "pieces", group, f"{number:06d}", uuid.uuid4().hex)
         return TarStream(place + ".tar", first_rank=rank, hashed=False)
 
     def _close(self, state: _UnitWrite, group: str):
-        number, stream, rows = state.streams.pop(group)
+        number, stream, rows = state.streams[group]
         index = stream.index()
         stats = Counter(
             zip(
@@ -328,15 +358,19 @@ class _WriteUnit(beam.DoFn):
                 strict=True,
             )
         )
+        if state.plan.holds_whole(state.unit, group, number):
+            closed = [
+                beam.pvalue.TaggedOutput(RECORDS, stream.close_shard(self.output, group, number))
+            ]
+        else:
+            index_path = stream.uri.removesuffix(".tar") + ".arrow"
+            storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
+            closed = [((group, number), (stream.first_rank, stream.uri, index_path))]
+        del state.streams[group]  # closed: no longer the finally's to abort
+        state.settled.update(rows)
         for (journal, year), n in stats.items():
             yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
-        if state.plan.holds_whole(state.unit, group, number):
-            yield beam.pvalue.TaggedOutput(RECORDS, stream.close_shard(self.output, group, number))
-        else:
-            index_path = stream.file.uri.removesuffix(".tar") + ".arrow"
-            storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
-            yield (group, number), (stream.first_rank, stream.file.uri, index_path)
-        state.settled.update(rows)
+        yield from closed
 
 
 # ---- 3. join the pieces of each shard that straddles units -----------------------------------
@@ -350,7 +384,8 @@ class _JoinPieces(beam.DoFn):
 
     def process(self, element):
         (group, number), pieces = element
-        stream = TarStream(storage.join(self.output, shard_paths(group, number)[0]))
+        uri = storage.join(self.output, shard_paths(group, number)[0])
+        stream = TarStream(uri, held=storage.exists(uri))
         try:
             for _, members, index in sorted(pieces, key=lambda piece: piece[0]):
                 stream.add_piece(

@@ -101,9 +101,8 @@ class DatasetSubset:
         if not matched.num_rows:
             return
         keys = matched.column("key").to_pylist()
-        try:
-            with storage.open_stream(storage.join(self.dataset, "webdataset", unit)) as stream:
-                images = read_images(stream, set(keys))
-        except Exception:  # a missing or damaged shard: its rows are dead-lettered as imageless
-            images = {}
+        # A missing or damaged tar raises: the shard stage retries it, then dead-letters the
+        # rows with the error. A key the tar lacks gets no image, and its own dead letter.
+        with storage.open_stream(storage.join(self.dataset, "webdataset", unit)) as stream:
+            images = read_images(stream, set(keys))
         yield matched.append_column("image", pa.array([images.get(k) for k in keys], pa.binary()))

@@ -33,9 +33,13 @@ class TarStream:
     (every field but the image) is kept by reference to the table it came from.
     """
 
-    def __init__(self, uri: str, first_rank: int = 0, hashed: bool = True):
-        self.file = storage.AtomicWriter(uri)
-        self.digest = hashlib.sha256() if hashed else None
+    def __init__(self, uri: str, first_rank: int = 0, hashed: bool = True, held: bool = False):
+        """`held`: keep the members in memory and write only at close, if they differ from
+        the file in place (a resumed run, where most shards are already there, identical)."""
+        self.uri = uri
+        self.held: list | None = [] if held else None
+        self.file = None if held else storage.AtomicWriter(uri)
+        self.digest = hashlib.sha256() if hashed or held else None
         self.first_rank = first_rank
         self.size = 0
         self.samples = 0
@@ -46,7 +50,10 @@ class TarStream:
         self._sizes: list[int] = []
 
     def _write(self, chunk) -> None:
-        self.file.write(chunk)
+        if self.held is not None:
+            self.held.append(chunk)
+        else:
+            self.file.write(chunk)
         if self.digest is not None:
             self.digest.update(chunk)
         self.size += len(chunk)
@@ -91,11 +98,16 @@ class TarStream:
 
     def close_piece(self) -> pa.Table:
         """Finish the file as a piece (no closing blocks); its index rows."""
-        self.file.commit()
+        if self.held is not None:
+            storage.write_bytes(self.uri, self.held)
+        else:
+            self.file.commit()
         return self.index()
 
     def abort(self) -> None:
-        self.file.abort()
+        if self.file is not None:
+            self.file.abort()
+        self.held = None
 
     def close_shard(self, output: str, group: str, number: int) -> ShardRecord:
         """Close the tar, keep it (or, where an identical one is in place, keep that one: a
@@ -103,12 +115,15 @@ class TarStream:
         self._write(end_of_archive(self.size))
         tar_path, parquet_path = shard_paths(group, number)
         digest = self.digest.hexdigest()
-        if storage.sha256_of(storage.join(output, tar_path)) == digest:
-            self.file.abort()
-            rewritten = False
-        else:
+        rewritten = storage.sha256_of(self.uri) != digest  # None where there is none yet
+        if self.held is not None:
+            if rewritten:
+                storage.atomic_write(self.uri, self.held)
+            self.held = None
+        elif rewritten:
             self.file.commit()
-            rewritten = True
+        else:
+            self.file.abort()
         index = self.index()
         index = index.append_column(
             "shard", pa.array([tar_path.removeprefix("webdataset/")] * index.num_rows)

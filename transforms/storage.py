@@ -290,6 +290,7 @@ class AtomicWriter:
             os.makedirs(head or ".", exist_ok=True)
             self.aside = os.path.join(head, f"_{name}.inprogress")
         self.handle = FileSystems.create(self.aside, compression_type="uncompressed")
+        self.done = False
 
     def write(self, chunk) -> None:
         if self.chunks is not None:
@@ -303,13 +304,18 @@ class AtomicWriter:
             self.chunks = []
             return
         self.handle.close()
+        self.done = True
         # The rename replaces an older file in one step: no moment without a complete file.
         FileSystems.rename([self.aside], [self.uri])
 
     def abort(self) -> None:
+        """Drop what was written (nothing once committed)."""
         if self.chunks is not None:
             self.chunks = []
             return
+        if self.done:
+            return
+        self.done = True
         self.handle.close()
         if FileSystems.exists(self.aside):
             FileSystems.delete([self.aside])

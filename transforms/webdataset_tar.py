@@ -53,19 +53,17 @@ _PADDING = [b"\0" * ((tarfile.BLOCKSIZE - r) % tarfile.BLOCKSIZE) for r in range
 
 
 def sample_parts(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> list[bytes]:
-    """One sample's three tar members as a list of byte strings (headers, data, padding).
+    """One sample's three tar members as byte strings that concatenate to them.
 
-    Pieces of a shard built apart (by different workers) concatenate into the shard; kept
-    as parts so that the image bytes are copied once, into the file.
+    The image goes as it is (a view into the reader's buffer, copied once: into the file);
+    the small rest (headers, JSON, caption, padding) is joined into two strings, so that a
+    sample costs three writes and three hash updates, not nine.
     """
-    parts = []
-    for ext, data in zip(EXTENSIONS, (jpg, json_bytes, txt), strict=True):
-        parts.append(_header(f"{key}.{ext}", len(data)))
-        parts.append(data)
-        padding = _PADDING[len(data) % tarfile.BLOCKSIZE]
-        if padding:
-            parts.append(padding)
-    return parts
+    head = _header(f"{key}.jpg", len(jpg))
+    rest = [_PADDING[len(jpg) % tarfile.BLOCKSIZE]]
+    for ext, data in (("json", json_bytes), ("txt", txt)):
+        rest += (_header(f"{key}.{ext}", len(data)), data, _PADDING[len(data) % tarfile.BLOCKSIZE])
+    return [head, jpg, b"".join(rest)]
 
 
 def sample_members(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> bytes:

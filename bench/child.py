@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Run from a small process: a child's peak RSS (ru_maxrss) includes what its parent held
+# when it forked, so a benchmark holding gigabytes would inflate every child it measures.
+_TRAMPOLINE = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime,
+               usage.ru_maxrss], out)
+"""
+
+
 def measure(command: list[str]) -> dict:
-    """Wall time, CPU time and peak RSS of a child process (from wait4)."""
-    started = time.time()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.time() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    """Wall time, CPU time and peak RSS of a command run as a child process (wait4)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        started = time.time()
+        subprocess.run(
+            [sys.executable, "-c", _TRAMPOLINE, result.name, *command], cwd=REPO, check=True
+        )
+        wall = time.time() - started
+        code, cpu, maxrss = json.loads(Path(result.name).read_text())
+    if code != 0:
         raise SystemExit(f"failed: {' '.join(command)}")
     return {
         "command": " ".join(command),
         "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(maxrss / 1024, 1),
     }
 
 

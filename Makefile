@@ -27,8 +27,12 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest -q
 
+BENCH_ARTICLES ?= 1000 5000 20000
+
+# Both benchmarks: extract on generated corpora, then shard on the extract outputs.
 bench: $(VENV)/.installed
-	$(PY) bench/extract_throughput.py --articles 1000 5000
+	$(PY) bench/extract_throughput.py --articles $(BENCH_ARTICLES)
+	$(PY) bench/shard_throughput.py --input $(foreach n,$(BENCH_ARTICLES),bench/results/out-$(n))
 
 clean:
 	rm -rf out data

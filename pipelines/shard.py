@@ -122,14 +122,12 @@ def write_dataset(
     source: str,
     parameters: dict,
     header: dict,
-    earlier_counts=(),
-    earlier_dead=(),
     earlier_stages=None,
 ):
     """Shards, Parquet, manifest, card, dead letters and report from the units of a source.
 
-    A pipeline with stages before this one passes their count pairs, dead letters and
-    balance terms, so that one report and one dead-letter folder cover the whole run.
+    A source that counts a stage of its own (subset's filter) passes that stage's balance
+    terms, so that one report covers the whole run.
     """
     written = units | "Shards" >> shards
     stats = written[STATS] | "CardCounts" >> beam.CombinePerKey(sum)
@@ -146,7 +144,7 @@ def write_dataset(
             parameters=parameters,
         )
     )
-    dead_letters = (written[DEAD], *earlier_dead) | "AllDead" >> beam.Flatten()
+    dead_letters = written[DEAD]
     dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
     counts = (
         written[COUNTS],
@@ -160,7 +158,6 @@ def write_dataset(
             lambda r: [(f"{STAGE}.shards_joined_from_pieces", 1)] if r.pieces > 1 else []
         ),
         dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
-        *earlier_counts,
     )
     (
         counts

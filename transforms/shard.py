@@ -41,6 +41,7 @@ from transforms.shard_plan import Candidate, ShardPlan, duplicates
 from transforms.shard_samples import (
     DEFAULT_MAX_CAPTION_CHARS,
     SampleRejected,
+    as_text,
     check_image_head,
     check_text,
     sample_jsons,
@@ -72,9 +73,7 @@ DUPLICATE_DETAIL = (
 
 
 def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return "" if value is None else str(value)
+    return as_text(value)[0]
 
 
 def group_of(value) -> str:
@@ -149,11 +148,8 @@ class _PlaceUnit(beam.DoFn):
     candidates, and (unit, {group: rows that passed}) for the plan."""
 
     def __init__(self, source, max_caption_chars: int, key_buckets: int):
-        self.source, self.max_caption_chars, self.key_buckets = (
-            source,
-            max_caption_chars,
-            key_buckets,
-        )
+        self.source = source
+        self.max_caption_chars, self.key_buckets = max_caption_chars, key_buckets
 
     def process(self, unit: str):
         try:

@@ -25,7 +25,8 @@ class SampleRejected(Rejected):
     """A row no reader could take, even fixed."""
 
 
-def _as_text(value) -> tuple[str, bool]:
+def as_text(value) -> tuple[str, bool]:
+    """(text, whether invalid UTF-8 was replaced) of a str, bytes or None value."""
     if value is None:
         return "", False
     if isinstance(value, bytes):
@@ -52,13 +53,13 @@ def check_text(
 ) -> tuple[str, str, list[str]]:
     """(safe key, clean caption, fixes made) of a sample; SampleRejected if none can be made."""
     fixes: list[str] = []
-    key, _ = _as_text(key_value)
+    key, _ = as_text(key_value)
     if not re.search(r"[A-Za-z0-9]", key):
         raise SampleRejected("key_invalid", f"key {key!r} has no usable characters")
     safe = safe_key_part(key)
     if safe != key:
         fixes.append(f"key_rewritten_from:{key}")
-    caption, replaced = _as_text(caption_value)
+    caption, replaced = as_text(caption_value)
     if replaced:
         fixes.append("caption_invalid_utf8_replaced")
     cleaned = _CONTROL.sub(" ", caption)
@@ -89,7 +90,7 @@ def check_fields(
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
 ) -> tuple[str, str, list[str]]:
     """check_text and check_image_head of one sample (the image checked after the key)."""
-    key, _ = _as_text(key_value)
+    key, _ = as_text(key_value)
     if re.search(r"[A-Za-z0-9]", key):
         check_image_head(image_head)
     return check_text(key_value, caption_value, max_caption_chars)

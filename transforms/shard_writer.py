@@ -97,11 +97,8 @@ class TarStream:
         return pa.concat_tables(self._tables)
 
     def close_piece(self) -> pa.Table:
-        """Finish the file as a piece (no closing blocks); its index rows."""
-        if self.held is not None:
-            storage.write_bytes(self.uri, self.held)
-        else:
-            self.file.commit()
+        """Finish the file as a piece (no closing blocks; never `held`); its index rows."""
+        self.file.commit()
         return self.index()
 
     def abort(self) -> None:

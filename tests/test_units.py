@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import pyarrow as pa
 import pytest
 
 from transforms.dedupe import Sample, near_pairs, resolve_groups
@@ -120,3 +121,26 @@ def test_shard_plan_ranks_units_in_order_and_leaves_out_duplicates():
     assert plan.holds_whole("c.parquet", "commercial", 3)
     assert plan.holds_whole("c.parquet", "commercial", 4)  # the short last one
     assert plan.holds_whole("b.parquet", "other", 0)
+
+
+def test_parquet_statistics_only_for_short_scalar_columns(tmp_path):
+    """Min/max of free text and lists would bloat every footer; filters use the others."""
+    import pyarrow.parquet as pq
+
+    from transforms.records import FIGURE_SCHEMA
+    from transforms.sinks import parquet_options
+
+    row = {f.name: None for f in FIGURE_SCHEMA}
+    row.update(key="PMC1_F1", caption="long " * 500, article_year=2020, image=b"\xff\xd8\xff")
+    row.update(article_keywords=["a", "b"])
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, FIGURE_SCHEMA, **parquet_options(FIGURE_SCHEMA)) as writer:
+        writer.write_table(pa.Table.from_pylist([row], schema=FIGURE_SCHEMA))
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    stats = {
+        group.column(i).path_in_schema: group.column(i).is_stats_set
+        for i in range(group.num_columns)
+    }
+    assert stats["key"] and stats["article_year"] and stats["article_license_group"]
+    assert not stats["caption"] and not stats["article_text"] and not stats["image"]
+    assert not stats["article_keywords.list.element"]

@@ -549,17 +549,21 @@ def test_thumbnail_only_figure_is_a_dead_letter(folder_run):
     assert "thumbnail" in dead[0]["detail"]
 
 
+def figures_of(out, folder: str) -> list[dict]:
+    """Figure rows of an extract output whose images came from one article folder."""
+    return [
+        f
+        for f in read_table(out / "extract" / "figures")
+        if f["image_source"].split("/")[-2] == folder
+    ]
+
+
 @pytest.mark.parametrize(
     ("folder", "fmt", "count"),
     [("encoda__ijm-00202", "TIFF", 6), ("encoda__plosone-0178565", "PNG", 12)],
 )
 def test_tiff_and_png_become_jpeg(folder_run, folder, fmt, count):
-    _, out = folder_run
-    rows = [
-        f
-        for f in read_table(out / "extract" / "figures")
-        if f["image_source"].split("/")[-2] == folder
-    ]
+    rows = figures_of(folder_run[1], folder)
     assert len(rows) == count
     for row in rows:
         assert row["image_format"] == fmt
@@ -574,12 +578,7 @@ def test_tiff_and_png_become_jpeg(folder_run, folder, fmt, count):
     [("encoda__elife-46472-v3", 8), ("encoda__elife-52882-v2", 12), ("PMC10802347", 3)],
 )
 def test_jpegs_are_kept_byte_for_byte(folder_run, folder, count):
-    _, out = folder_run
-    rows = [
-        f
-        for f in read_table(out / "extract" / "figures")
-        if f["image_source"].split("/")[-2] == folder
-    ]
+    rows = figures_of(folder_run[1], folder)
     assert len(rows) == count
     for row in rows:
         on_disk = (PMC / PACKAGES / folder / row["image_file_name"]).read_bytes()

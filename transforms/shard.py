@@ -46,7 +46,7 @@ from transforms.shard_samples import (
     check_text,
     sample_jsons,
 )
-from transforms.shard_writer import TarStream, shard_paths
+from transforms.shard_writer import TarStream
 from transforms.sinks import open_native
 from transforms.webdataset_tar import sample_parts
 
@@ -337,8 +337,7 @@ class _WriteUnit(beam.DoFn):
 
     def _open(self, unit: str, group: str, number: int, rank: int, plan: ShardPlan) -> TarStream:
         if plan.holds_whole(unit, group, number):
-            uri = storage.join(self.output, shard_paths(group, number)[0])
-            return TarStream(uri, held=storage.exists(uri))
+            return TarStream.for_shard(self.output, group, number)
         # A piece: a fresh name per write, so a retried bundle never reads a failed
         # attempt's file (only the paths a bundle outputs are read; the rest go with _work).
         place = storage.join(self.work, "pieces", group, f"{number:06d}", uuid.uuid4().hex)
@@ -380,8 +379,7 @@ class _JoinPieces(beam.DoFn):
 
     def process(self, element):
         (group, number), pieces = element
-        uri = storage.join(self.output, shard_paths(group, number)[0])
-        stream = TarStream(uri, held=storage.exists(uri))
+        stream = TarStream.for_shard(self.output, group, number)
         try:
             for _, members, index in sorted(pieces, key=lambda piece: piece[0]):
                 stream.add_piece(

@@ -42,12 +42,17 @@ class TarStream:
         self.digest = hashlib.sha256() if hashed or held else None
         self.first_rank = first_rank
         self.size = 0
-        self.samples = 0
         self.pieces = 0
         self._tables: list[pa.Table] = []
         self._meta, self._rows = None, []
         self._offsets: list[int] = []
         self._sizes: list[int] = []
+
+    @classmethod
+    def for_shard(cls, output: str, group: str, number: int) -> TarStream:
+        """A whole shard's tar; held in memory where a file is in place (a resumed run)."""
+        uri = storage.join(output, shard_paths(group, number)[0])
+        return cls(uri, held=storage.exists(uri))
 
     def _write(self, chunk) -> None:
         if self.held is not None:
@@ -69,7 +74,6 @@ class TarStream:
         for part in parts:
             self._write(part)
         self._sizes.append(self.size - self._offsets[-1])
-        self.samples += 1
 
     def add_piece(self, members: bytes, index: pa.Table) -> None:
         """A piece written apart: its members, and its index with in-piece tar offsets."""
@@ -79,7 +83,6 @@ class TarStream:
             index.set_column(index.schema.get_field_index("tar_offset"), "tar_offset", offsets)
         )
         self._write(members)
-        self.samples += index.num_rows
         self.pieces += 1
 
     def _take(self) -> None:

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.child import run_pipeline  # noqa: E402
-from transforms.images import decode_only  # noqa: E402
-from transforms.sample_corpus import generate_corpus  # noqa: E402
+from transforms.images.checks import decode_only  # noqa: E402
+from transforms.pmc.sample_corpus import generate_corpus  # noqa: E402
 
 
 def _corpus(workdir: Path, articles: int, image_side: int) -> Path:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from transforms.shard_samples import sample_json, sanitize  # noqa: E402
+from transforms.shard.samples import sample_json, sanitize  # noqa: E402
 
 
 def rows_of(source: Path):

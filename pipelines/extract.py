@@ -17,10 +17,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipelines.options import ExtractOptions, RunOptions
 from pipelines.runner import REPORT, main_of, make_pipeline, prepare_output, run_and_report
 from transforms import report, storage
-from transforms.dedupe import Dedupe
-from transforms.discover import Discover
 from transforms.extract import FIGURE_ROWS, ExtractArticles
+from transforms.images.dedupe import Dedupe
 from transforms.outcomes import DEAD, FILTERED, LISTED
+from transforms.pmc.discover import Discover
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
 from transforms.sinks import WriteDeadLetters, WriteTable, WriteTableWithout
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.dedupe import Dedupe
-from transforms.discover import Discover
 from transforms.extract import ExtractArticles
-from transforms.shard import WriteShards
+from transforms.images.dedupe import Dedupe
+from transforms.pmc.discover import Discover
+from transforms.shard.write_shards import WriteShards
 
 
 class RunOptions(PipelineOptions):

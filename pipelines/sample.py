@@ -1,4 +1,4 @@
-"""Write a synthetic PMC Cloud corpus (see transforms.sample_corpus) and print its summary.
+"""Write a synthetic PMC Cloud corpus (see transforms.pmc.sample_corpus) and print its summary.
 
 python -m pipelines.sample --output /tmp/corpus --articles 200 --workers 2
 """
@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from transforms.sample_corpus import generate_corpus
+from transforms.pmc.sample_corpus import generate_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

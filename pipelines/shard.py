@@ -19,10 +19,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import RunOptions, ShardOptions
 from pipelines.runner import REPORT, main_of, make_pipeline, run_and_report
-from transforms import dataset_card, report, storage
+from transforms import report, storage
 from transforms.outcomes import DEAD
-from transforms.shard import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, count_rows
-from transforms.shard_sources import ParquetSource
+from transforms.shard import dataset_card
+from transforms.shard.sources import ParquetSource
+from transforms.shard.write_shards import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, count_rows
 from transforms.sinks import WriteDeadLetters
 
 RUN_FILE = "_run.json"

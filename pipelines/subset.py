@@ -27,9 +27,9 @@ from pipelines.shard import (
 )
 from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA
-from transforms.row_filter import FilterError, compile_where
-from transforms.shard import WORK_DIR, WriteShards, count_rows
-from transforms.shard_sources import DatasetSubset
+from transforms.shard.row_filter import FilterError, compile_where
+from transforms.shard.sources import DatasetSubset
+from transforms.shard.write_shards import WORK_DIR, WriteShards, count_rows
 
 STAGE = "subset"
 SUBSET_STAGES = {STAGE: ("out", "filtered")}

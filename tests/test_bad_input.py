@@ -19,9 +19,10 @@ import pytest
 from conftest import read_dead_letters, read_table, run_extract
 from PIL import Image
 
-from transforms import images, legacy, pmc_cloud
-from transforms.jats import JatsError, parse_articles
-from transforms.media import resolve
+from transforms.images import checks
+from transforms.jats.media import resolve
+from transforms.jats.parse import JatsError, parse_articles
+from transforms.pmc import cloud, legacy
 
 # ---- building bad inputs ----------------------------------------------------------------------
 
@@ -251,42 +252,42 @@ def test_thumbnail_alone_does_not_resolve():
     ids=["truncated-jpeg", "garbage-body-jpeg", "header-only-jpeg", "zeros"],
 )
 def test_corrupt_images(data, reasons):
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(data)
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(data)
     assert err.value.reason in reasons
 
 
 def test_empty_image():
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(b"")
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(b"")
     assert err.value.reason == "image_empty"
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 500), (500, 19)])
 def test_tiny_image(size):
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(encode(noise(4, size), "PNG"))
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(encode(noise(4, size), "PNG"))
     assert err.value.reason == "image_too_small"
 
 
 def test_huge_dimensions_are_refused_without_decoding():
     data = huge_png()
     assert Image.open(io.BytesIO(data)).size == (100_000, 100_000)
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(data)
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(data)
     assert err.value.reason == "image_too_large"
     assert "100000x100000" in err.value.detail
 
 
 def test_max_pixels_bound_on_a_normal_image():
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(jpeg(5), max_pixels=1000)
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(jpeg(5), max_pixels=1000)
     assert err.value.reason == "image_too_large"
 
 
 def test_max_bytes_bound():
-    with pytest.raises(images.ImageRejected) as err:
-        images.check_image(jpeg(5), max_bytes=10)
+    with pytest.raises(checks.ImageRejected) as err:
+        checks.check_image(jpeg(5), max_bytes=10)
     assert err.value.reason == "image_too_large"
 
 
@@ -294,7 +295,7 @@ def test_max_bytes_bound():
     ("data", "source_mode"), [(cmyk_jpeg(6), "CMYK"), (png16(7), "I;16")], ids=["cmyk", "16bit"]
 )
 def test_cmyk_and_16bit_are_converted(data, source_mode):
-    checked = images.check_image(data)
+    checked = checks.check_image(data)
     assert checked.converted is True
     assert checked.source_mode == source_mode
     assert checked.data[:3] == b"\xff\xd8\xff"
@@ -305,7 +306,7 @@ def test_cmyk_and_16bit_are_converted(data, source_mode):
 
 def test_a_good_jpeg_is_kept_byte_for_byte():
     data = jpeg(8)
-    checked = images.check_image(data)
+    checked = checks.check_image(data)
     assert checked.converted is False and checked.data == data
 
 
@@ -387,13 +388,13 @@ def _metadata(pmcid: str, version: int = 1, **extra) -> dict:
     ],
 )
 def test_bad_metadata(data, reason):
-    with pytest.raises(pmc_cloud.MetadataError) as err:
-        pmc_cloud.parse_metadata(data, "/root", "/root/metadata/PMC123.1.json")
+    with pytest.raises(cloud.MetadataError) as err:
+        cloud.parse_metadata(data, "/root", "/root/metadata/PMC123.1.json")
     assert err.value.reason == reason
 
 
 def test_good_metadata():
-    meta = pmc_cloud.parse_metadata(
+    meta = cloud.parse_metadata(
         json.dumps(_metadata("PMC123")).encode(), "/root", "/root/metadata/PMC123.1.json"
     )
     assert meta.ref.location == "/root/PMC123.1"

@@ -26,7 +26,7 @@ from conftest import free_port, read_dead_letters, read_table, run_extract
 from conftest import gcs_emulator as emulated_gcs
 
 from transforms import storage
-from transforms.sample_corpus import generate_corpus
+from transforms.pmc.sample_corpus import generate_corpus
 
 BUCKET = "pmc-oa-opendata"
 GCS_BUCKET = "biomedica-test"

@@ -14,8 +14,8 @@ import pytest
 from conftest import PMC, read_dead_letters, read_table, run_extract
 from lxml import etree
 
-from transforms import legacy
-from transforms.jats import parse_articles
+from transforms.jats.parse import parse_articles
+from transforms.pmc import legacy
 
 _SAFE = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
 NXML = "nxml"

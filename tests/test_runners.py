@@ -14,7 +14,7 @@ import logging
 import pytest
 from conftest import PORTABLE_RUNNER, read_table, run_extract
 
-from transforms.sample_corpus import generate_corpus
+from transforms.pmc.sample_corpus import generate_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -28,11 +28,12 @@ from PIL import Image
 
 from pipelines import shard as shard_pipeline
 from pipelines import subset as subset_pipeline
-from transforms import dataset_card, storage
+from transforms import storage
+from transforms.pmc.sample_corpus import generate_corpus
 from transforms.records import FIGURE_SCHEMA
-from transforms.sample_corpus import generate_corpus
-from transforms.shard_samples import SampleRejected, sample_json, sample_jsons, sanitize
-from transforms.webdataset_tar import build_shard
+from transforms.shard import dataset_card
+from transforms.shard.samples import SampleRejected, sample_json, sample_jsons, sanitize
+from transforms.shard.webdataset_tar import build_shard
 
 PER_SHARD = "7"
 SIDE_FIELDS = ("txt", "fixes")  # what a sample's JSON holds beyond its figure row
@@ -394,9 +395,9 @@ def test_shards_spanning_input_files_are_joined_in_order(built, tmp_path):
 def test_a_read_that_fails_once_is_retried(built, tmp_path, monkeypatch):
     """A storage blip in the middle of a file (after some of its shards and pieces were
     written) costs a retry of that file, not its samples: the same bytes as a clean run."""
-    from transforms import shard as shard_module
-    from transforms import shard_sources
-    from transforms.shard_sources import ParquetSource
+    from transforms.shard import sources as shard_sources
+    from transforms.shard import write_shards as shard_module
+    from transforms.shard.sources import ParquetSource
 
     split = tmp_path / "split"
     split_figures(built, split)
@@ -440,7 +441,7 @@ def test_group_column_as_bytes_is_placed_like_text(built, tmp_path):
 def test_unreadable_input_files_are_dead_letters(built, tmp_path, monkeypatch):
     """A figure file that cannot be read at all, and one whose image pages break only when
     the shards are written: both become dead letters, the rest is sharded, counts add up."""
-    from transforms import shard as shard_module
+    from transforms.shard import write_shards as shard_module
 
     monkeypatch.setattr(shard_module, "RETRY_SECONDS", 0)
     folder = tmp_path / "figures"
@@ -854,7 +855,7 @@ def test_subset_by_list_field(built, tmp_path):
 def test_subset_of_a_damaged_dataset(built, tmp_path, monkeypatch):
     """A source shard whose tar is gone, and one whose Parquet is cut short: dead letters,
     and the rest of the subset as it would be."""
-    from transforms import shard as shard_module
+    from transforms.shard import write_shards as shard_module
 
     monkeypatch.setattr(shard_module, "RETRY_SECONDS", 0)
     source = tmp_path / "source"

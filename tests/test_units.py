@@ -8,12 +8,12 @@ import random
 import pyarrow as pa
 import pytest
 
-from transforms.dedupe import Sample, near_pairs, resolve_groups
-from transforms.images import hamming
-from transforms.jats import parse_articles, sample_key
-from transforms.licenses import license_group, normalize_license
-from transforms.row_filter import FilterError, compile_where
-from transforms.shard_plan import Candidate, ShardPlan, duplicates
+from transforms.images.checks import hamming
+from transforms.images.dedupe import Sample, near_pairs, resolve_groups
+from transforms.jats.parse import parse_articles, sample_key
+from transforms.pmc.licenses import license_group, normalize_license
+from transforms.shard.plan import Candidate, ShardPlan, duplicates
+from transforms.shard.row_filter import FilterError, compile_where
 
 FIGS = b"""<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>
 <article-id pub-id-type="pmcid">PMC7</article-id></article-meta></front><body>

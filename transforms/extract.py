@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
-from transforms import images, jats, legacy, storage
+from transforms import storage
 from transforms.errors import Rejected
-from transforms.licenses import license_group, normalize_license
-from transforms.media import resolve
+from transforms.images import checks
+from transforms.jats import parse
+from transforms.jats.media import resolve
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
+from transforms.pmc import legacy
+from transforms.pmc.licenses import license_group, normalize_license
+from transforms.pmc.selection import Selection
 from transforms.records import Article, ArticleRef, Figure, figure_row
-from transforms.selection import Selection
 
 ARTICLES = "extract_articles"
 FIGURES = "extract_figures"
@@ -45,10 +48,10 @@ class _Bundle:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    min_side: int = images.MIN_SIDE
-    max_pixels: int = images.MAX_PIXELS
-    max_bytes: int = images.MAX_BYTES
-    max_xml_bytes: int = jats.DEFAULT_MAX_XML_BYTES
+    min_side: int = checks.MIN_SIDE
+    max_pixels: int = checks.MAX_PIXELS
+    max_bytes: int = checks.MAX_BYTES
+    max_xml_bytes: int = parse.DEFAULT_MAX_XML_BYTES
 
 
 class _ExtractArticle(beam.DoFn):
@@ -114,8 +117,8 @@ class _ExtractArticle(beam.DoFn):
             yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, ref.location)
             return
         try:
-            parsed = jats.parse_articles(bundle.xml, self.limits.max_xml_bytes)
-        except jats.JatsError as err:
+            parsed = parse.parse_articles(bundle.xml, self.limits.max_xml_bytes)
+        except parse.JatsError as err:
             yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, bundle.xml_source)
             return
         if ref.pmcid and len(parsed) > 1:
@@ -141,7 +144,7 @@ class _ExtractArticle(beam.DoFn):
         prefix = article.article_accession_id or _fallback_prefix(ref)
         version = ref.version if self.versioned_keys else None
         for candidate in candidates:
-            key = jats.sample_key(prefix, candidate, version)
+            key = parse.sample_key(prefix, candidate, version)
             if ref.source_kind == "oa-bulk":
                 yield dead(
                     FIGURES,
@@ -173,10 +176,10 @@ class _ExtractArticle(beam.DoFn):
                 )
                 continue
             try:
-                checked = images.check_image(
+                checked = checks.check_image(
                     data, self.limits.min_side, self.limits.max_pixels, self.limits.max_bytes
                 )
-            except images.ImageRejected as err:
+            except checks.ImageRejected as err:
                 yield dead(FIGURES, key, err.reason, err.detail, source)
                 continue
             figure = Figure(
@@ -207,7 +210,7 @@ class _ExtractArticle(beam.DoFn):
 
 def _fallback_prefix(ref: ArticleRef) -> str:
     base = posixpath.basename(ref.location.rstrip("/")).split("::")[0]
-    return jats.safe_key_part(re.sub(r"\.(tar\.gz|tgz)$", "", base))
+    return parse.safe_key_part(re.sub(r"\.(tar\.gz|tgz)$", "", base))
 
 
 def _disagreement(ref: ArticleRef, article: Article) -> str:
@@ -265,17 +268,17 @@ class ExtractArticles(beam.PTransform):
         group.add_argument(
             "--min_side",
             type=int,
-            default=images.MIN_SIDE,
+            default=checks.MIN_SIDE,
             help="smallest width or height kept, in pixels",
         )
         group.add_argument(
             "--max_pixels",
             type=int,
-            default=images.MAX_PIXELS,
+            default=checks.MAX_PIXELS,
             help="decompression-bomb bound: larger images are refused unread",
         )
-        group.add_argument("--max_image_bytes", type=int, default=images.MAX_BYTES)
-        group.add_argument("--max_xml_bytes", type=int, default=jats.DEFAULT_MAX_XML_BYTES)
+        group.add_argument("--max_image_bytes", type=int, default=checks.MAX_BYTES)
+        group.add_argument("--max_xml_bytes", type=int, default=parse.DEFAULT_MAX_XML_BYTES)
 
     @classmethod
     def from_args(cls, args, s3: storage.S3Config, selection: Selection) -> ExtractArticles:

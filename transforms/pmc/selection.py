@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from transforms.licenses import GROUPS, license_group
+from transforms.pmc.licenses import GROUPS, license_group
 from transforms.records import ArticleRef
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from transforms.errors import Rejected
-from transforms.jats_text import inline_text, local_name, text_of
-from transforms.licenses import license_group, normalize_license
+from transforms.jats.text import inline_text, local_name, text_of
+from transforms.pmc.licenses import license_group, normalize_license
 from transforms.records import Article
 
 DEFAULT_MAX_XML_BYTES = 64 * 1024 * 1024

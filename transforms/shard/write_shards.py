@@ -30,15 +30,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms import storage
-from transforms.licenses import GROUPS, OTHER
 from transforms.outcomes import DEAD, dead
+from transforms.pmc.licenses import GROUPS, OTHER
 from transforms.records import (
     FIGURE_SCHEMA,
     ShardPlacement,
     arrow_schema,
 )
-from transforms.shard_plan import Candidate, ShardPlan, duplicates
-from transforms.shard_samples import (
+from transforms.shard.plan import Candidate, ShardPlan, duplicates
+from transforms.shard.samples import (
     DEFAULT_MAX_CAPTION_CHARS,
     SampleRejected,
     as_text,
@@ -46,9 +46,9 @@ from transforms.shard_samples import (
     check_text,
     sample_jsons,
 )
-from transforms.shard_writer import TarStream
+from transforms.shard.webdataset_tar import sample_parts
+from transforms.shard.writer import TarStream
 from transforms.sinks import open_native
-from transforms.webdataset_tar import sample_parts
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000

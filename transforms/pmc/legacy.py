@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from transforms.errors import Rejected
-from transforms.media import IMAGE_EXTENSIONS
+from transforms.jats.media import IMAGE_EXTENSIONS
 
 XML_EXTENSIONS = (".nxml", ".xml")
 _PMCID = re.compile(r"PMC\d+")

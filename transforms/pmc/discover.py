@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
-from transforms import legacy, pmc_cloud, storage
-from transforms.media import IMAGE_EXTENSIONS
+from transforms import storage
+from transforms.jats.media import IMAGE_EXTENSIONS
 from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
+from transforms.pmc import cloud, legacy
+from transforms.pmc.selection import Selection
 from transforms.records import ArticleRef
-from transforms.selection import Selection
 
 STAGE = "discover"
 LAYOUTS = ("auto", "pmc-cloud", "oa-package", "oa-bulk", "folder")
@@ -63,13 +64,13 @@ class _ListMetadata(beam.DoFn):
         self.s3 = s3
 
     def process(self, root):
-        for info in storage.list_prefix(storage.join(root, pmc_cloud.METADATA_PREFIX), self.s3):
+        for info in storage.list_prefix(storage.join(root, cloud.METADATA_PREFIX), self.s3):
             yield from _version_entry(info.uri, info.last_modified)
 
 
 def _version_entry(uri: str, last_modified: str):
     yield listed(STAGE)
-    parsed = pmc_cloud.parse_version_key(uri)
+    parsed = cloud.parse_version_key(uri)
     if parsed is None:
         yield dead(
             STAGE,
@@ -89,7 +90,7 @@ class _InventoryDataFiles(beam.DoFn):
 
     def process(self, manifest_uri):
         data = storage.read_bytes(manifest_uri, self.s3)
-        keys, columns = pmc_cloud.manifest_data_files(data)
+        keys, columns = cloud.manifest_data_files(data)
         for key in keys:
             yield storage.join(self.root, key), columns
 
@@ -100,8 +101,8 @@ class _InventoryEntries(beam.DoFn):
 
     def process(self, item):
         uri, columns = item
-        for entry in pmc_cloud.inventory_entries(storage.read_bytes(uri, self.s3), columns):
-            if entry.key.startswith(pmc_cloud.METADATA_PREFIX):
+        for entry in cloud.inventory_entries(storage.read_bytes(uri, self.s3), columns):
+            if entry.key.startswith(cloud.METADATA_PREFIX):
                 yield from _version_entry(storage.join(self.root, entry.key), entry.last_modified)
 
 
@@ -133,16 +134,16 @@ class _ReadMetadata(beam.DoFn):
         uri, modified = item
         key = posixpath.basename(uri)
         try:
-            meta = pmc_cloud.parse_metadata(
+            meta = cloud.parse_metadata(
                 storage.read_bytes(uri, self.s3, 16 << 20), self.root, uri, modified
             )
         except storage.StorageError as err:
             yield dead(STAGE, key, "metadata_unreadable", str(err), uri)
             return
-        except pmc_cloud.MetadataError as err:
+        except cloud.MetadataError as err:
             yield dead(STAGE, key, err.reason, err.detail, uri)
             return
-        expected = pmc_cloud.parse_version_key(uri)
+        expected = cloud.parse_version_key(uri)
         if expected and expected != (meta.ref.pmcid, meta.ref.version):
             yield dead(
                 STAGE,
@@ -418,7 +419,7 @@ class Discover(beam.PTransform):
         if self.layout == "pmc-cloud":
             if self.inventory:
                 manifest = (
-                    pmc_cloud.latest_manifest(root, self.s3)
+                    cloud.latest_manifest(root, self.s3)
                     if self.inventory == "latest"
                     else self.inventory
                 )

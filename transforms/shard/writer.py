@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA, ShardRecord
-from transforms.webdataset_tar import end_of_archive
+from transforms.shard.webdataset_tar import end_of_archive
 
 
 def shard_paths(group: str, index: int) -> tuple[str, str]:

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pyarrow as pa
 
-from transforms.licenses import GROUPS
+from transforms.pmc.licenses import GROUPS
 from transforms.records import FIGURE_SCHEMA, ShardRecord
-from transforms.shard_samples import PAYLOAD_COLUMNS, SCHEMA_VERSION
+from transforms.shard.samples import PAYLOAD_COLUMNS, SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
 CARD = "README.md"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
-from transforms.images import hamming
+from transforms.images.checks import hamming
 from transforms.records import Duplicate
 
 STAGE = "dedupe"

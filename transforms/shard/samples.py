@@ -12,7 +12,7 @@ import json
 import re
 
 from transforms.errors import Rejected
-from transforms.jats import safe_key_part
+from transforms.jats.parse import safe_key_part
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_CAPTION_CHARS = 20_000

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 
 from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement, arrow_schema
-from transforms.row_filter import compile_where
+from transforms.shard.row_filter import compile_where
+from transforms.shard.webdataset_tar import read_images
 from transforms.sinks import open_native
-from transforms.webdataset_tar import read_images
 
 # The columns a plan needs: key and caption are checked, the group places the row, and the
 # image hash and source settle and report duplicate keys.

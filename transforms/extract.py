@@ -8,6 +8,7 @@ the FIGURE_SCHEMA layout), dead letters for articles and for figures, filter rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -111,34 +112,51 @@ class _ExtractArticle(beam.DoFn):
 
     def process(self, ref: ArticleRef):
         yield listed(ARTICLES)
+        name = _name(ref)
         try:
             bundle = self._fetch(ref)
         except FetchError as err:
-            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, ref.location)
+            yield dead(ARTICLES, name, err.reason, err.detail, ref.location)
             return
         try:
             parsed = parse.parse_articles(bundle.xml, self.limits.max_xml_bytes)
         except parse.JatsError as err:
-            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, bundle.xml_source)
+            yield dead(ARTICLES, name, err.reason, err.detail, bundle.xml_source)
             return
-        if ref.pmcid and len(parsed) > 1:
-            parsed = [p for p in parsed if p.article.article_accession_id == ref.pmcid] or parsed
         for _ in parsed[1:]:
             yield listed(ARTICLES)  # an <articles> wrapper: each article counts as one in
-        for item in parsed:
-            disagreement = _disagreement(ref, item.article)
+        described = _described(ref, parsed)
+        seen: set[str] = set()
+        for index, item in enumerate(parsed):
+            # The listing describes one article of the file; the others stand on their own XML.
+            own = ref if index in described else _own_ref(ref, item.article, index)
+            name = own.key if own is not ref and own.pmcid else _name(ref)
+            if (own is not ref and not own.pmcid) or len(described) > 1:
+                name = f"{_name(ref)}#{index + 1}"
+            disagreement = _disagreement(own, item.article)
             if disagreement:
+                yield dead(ARTICLES, name, "metadata_xml_mismatch", disagreement, bundle.xml_source)
+                continue
+            article = _merge(own, item.article, bundle)
+            prefix = article.article_accession_id or _fallback_prefix(own)
+            if prefix in seen:
                 yield dead(
-                    ARTICLES, ref.key, "metadata_xml_mismatch", disagreement, bundle.xml_source
+                    ARTICLES,
+                    name,
+                    "duplicate_article",
+                    f"the file holds {prefix} more than once; the first is kept",
+                    bundle.xml_source,
                 )
                 continue
-            article = _merge(ref, item.article, bundle)
-            reason = self.selection.license_reason(article.article_license)
+            seen.add(prefix)
+            reason = (own is not ref and self.selection.reason(own)) or (
+                self.selection.license_reason(article.article_license)
+            )
             if reason:
-                yield filtered(ARTICLES, reason)
+                yield filtered(ARTICLES, reason, name, source=bundle.xml_source)
                 continue
             yield article
-            yield from self._figures(ref, article, item.graphics, bundle)
+            yield from self._figures(own, article, item.graphics, bundle)
 
     def _figures(self, ref: ArticleRef, article: Article, candidates, bundle: _Bundle):
         prefix = article.article_accession_id or _fallback_prefix(ref)
@@ -209,8 +227,50 @@ class _ExtractArticle(beam.DoFn):
 
 
 def _fallback_prefix(ref: ArticleRef) -> str:
+    if ref.key_prefix:
+        return parse.safe_key_part(ref.key_prefix)
     base = posixpath.basename(ref.location.rstrip("/")).split("::")[0]
     return parse.safe_key_part(re.sub(r"\.(tar\.gz|tgz)$", "", base))
+
+
+def _name(ref: ArticleRef) -> str:
+    """The key of an article's dead letters: its version, else where its XML lies."""
+    if ref.key:
+        return ref.key
+    return storage.join(ref.location, ref.xml_name) if ref.source_kind == "folder" else ref.location
+
+
+def _described(ref: ArticleRef, parsed) -> set[int]:
+    """Indexes of the articles the listing describes: the one whose PMCID it names.
+
+    A file of one article is described whatever it says (a mismatch is a dead letter); in a
+    wrapper naming no article of the listing's id, every article is checked against it.
+    """
+    if len(parsed) == 1 or not ref.pmcid:
+        return {0}
+    ids = [p.article.article_accession_id for p in parsed]
+    if ref.pmcid in ids:
+        return {ids.index(ref.pmcid)}
+    return set(range(len(parsed)))
+
+
+def _own_ref(ref: ArticleRef, article: Article, index: int) -> ArticleRef:
+    """A ref for another article of the same file: where it lies, none of the listing's
+    metadata (license, citation, ids, retracted belong to the article the listing names)."""
+    base = ref.key_prefix or _fallback_prefix(ref)
+    return dataclasses.replace(
+        ref,
+        pmcid=article.article_accession_id,
+        version=None,
+        pmid="",
+        doi="",
+        citation="",
+        license_code="",
+        retracted=False,
+        metadata_uri="",
+        key_prefix=f"{base}_{index + 1}",
+        warnings=ref.warnings if ref.source_kind == "folder" else (*ref.warnings, "not_in_listing"),
+    )
 
 
 def _disagreement(ref: ArticleRef, article: Article) -> str:
@@ -243,8 +303,9 @@ def _merge(ref: ArticleRef, article: Article, bundle: _Bundle) -> Article:
     article.article_retracted = ref.retracted
     article.source_kind = ref.source_kind
     article.source_location = bundle.xml_source
-    if bundle.note:
-        article.article_parse_warnings = [*article.article_parse_warnings, bundle.note]
+    notes = [bundle.note] if bundle.note else []
+    if notes or ref.warnings:
+        article.article_parse_warnings = [*article.article_parse_warnings, *notes, *ref.warnings]
     return article
 
 

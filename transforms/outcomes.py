@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.records import DeadLetter
+from transforms.records import DeadLetter, Filtered
 
 DEAD = "dead_letter"
-FILTERED = "filtered"  # (stage, reason) of a record left out on purpose by a filter
+FILTERED = "filtered"  # a Filtered record: left out on purpose by a filter
 LISTED = "listed"  # one element per record a stage was handed: its "in" count
 
 
@@ -15,8 +15,15 @@ def dead(stage: str, key: str, reason: str, detail: str = "", source: str = ""):
     return beam.pvalue.TaggedOutput(DEAD, DeadLetter(stage, key, reason, detail[:2000], source))
 
 
-def filtered(stage: str, reason: str):
-    return beam.pvalue.TaggedOutput(FILTERED, (stage, reason))
+NOTED = "noted"  # (stage, counter name): a count the report shows beside the balance
+
+
+def filtered(stage: str, reason: str, key: str = "", detail: str = "", source: str = ""):
+    return beam.pvalue.TaggedOutput(FILTERED, Filtered(stage, key, reason, detail[:2000], source))
+
+
+def noted(stage: str, counter: str):
+    return beam.pvalue.TaggedOutput(NOTED, (stage, counter))
 
 
 def listed(stage: str):

@@ -13,6 +13,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from transforms import storage
 from transforms.errors import Rejected
@@ -23,7 +24,8 @@ METADATA_PREFIX = "metadata/"
 INVENTORY_PREFIX = "inventory-reports/pmc-oa-opendata/metadata/"
 
 _VERSION_KEY = re.compile(r"(?:^|/)(PMC\d+)\.(\d+)\.json$")
-_FOLDER_PATH = re.compile(r"(?:^|/)(PMC\d+\.\d+)/([^/?]+)")
+_FOLDER = re.compile(r"PMC\d+\.\d+")
+_PLAIN_NAME = re.compile(r"[^/\\%\x00-\x1f\x7f]+")
 
 
 class MetadataError(Rejected):
@@ -37,9 +39,31 @@ def parse_version_key(key: str) -> tuple[str, int] | None:
 
 
 def _relative(url: str) -> tuple[str, str] | None:
-    """("PMC123.2", "gr1.jpg") from an s3:// or https:// url of the bucket."""
-    match = _FOLDER_PATH.search(url.split("?")[0])
-    return (match.group(1), match.group(2)) if match else None
+    """("PMC123.2", "gr1.jpg") from an s3:// or https:// url of the bucket (any host or
+    bucket: only this relative part is read, under the run's own root).
+
+    None unless the path ends in `PMC<id>.<ver>/<name>` with a plain name: no `.` or `..`
+    segment anywhere, no backslash, no percent-encoded slash or dot trick, no control bytes.
+    """
+    path = unquote(urlsplit(url).path)  # the query (?md5=...) and fragment are dropped
+    parts = path.split("/")
+    if len(parts) < 2 or any(p in (".", "..") for p in parts):
+        return None
+    folder, name = parts[-2], parts[-1]
+    if not _FOLDER.fullmatch(folder) or not _PLAIN_NAME.fullmatch(name) or name.strip(".") == "":
+        return None
+    return folder, name
+
+
+def _own_file(field: str, url: str, folder: str) -> str:
+    """The file name a url names in the version's own folder; MetadataError if it lies
+    anywhere else: a version never reads another article's (or version's) files."""
+    rel = _relative(url)
+    if rel is None or rel[0] != folder:
+        raise MetadataError(
+            "metadata_url_outside_folder", f"{field} {url[:300]!r} is not a file of {folder}/"
+        )
+    return rel[1]
 
 
 @dataclass
@@ -74,15 +98,9 @@ def parse_metadata(
     except (TypeError, ValueError):
         raise MetadataError("metadata_invalid", f"version {record.get('version')!r}") from None
     folder = f"{pmcid}.{version}"
-    xml_name = f"{folder}.xml"
-    xml_rel = _relative(str(record.get("xml_url") or ""))
-    if xml_rel:
-        folder, xml_name = xml_rel
-    media = []
-    for url in record.get("media_urls") or []:
-        rel = _relative(str(url))
-        if rel and rel[0] == folder:
-            media.append(rel[1])
+    xml_url = str(record.get("xml_url") or "")
+    xml_name = _own_file("xml_url", xml_url, folder) if xml_url else f"{folder}.xml"
+    media = [_own_file("media_url", str(url), folder) for url in record.get("media_urls") or []]
     ref = ArticleRef(
         pmcid=pmcid,
         version=version,

@@ -53,11 +53,11 @@ def detect_layout(source: str, s3: storage.S3Config) -> str:
     """
     if _is_pattern(source):
         return "oa-bulk" if _BULK_NAME.search(posixpath.basename(source)) else "oa-package"
-    for info in _first(storage.list_prefix(storage.join(source, "metadata/"), s3), 1):
+    for info in _listed(storage.join(source, "metadata/"), s3, 1):
         if info.uri.endswith(".json"):
             return "pmc-cloud"
     examples: dict[str, str] = {}
-    for info in _first(storage.list_prefix(source, s3), _PROBE):
+    for info in _listed(source, s3, _PROBE):
         layout = _layout_of_file(posixpath.basename(info.uri))
         if layout:
             examples.setdefault(layout, info.uri)
@@ -80,7 +80,19 @@ def source_is_empty(source: str, layout: str, s3: storage.S3Config, inventory: s
         source = storage.join(source, cloud.METADATA_PREFIX)
     elif inventory:
         return False  # the inventory says what there is; an empty one shows in the report
-    return not any(True for _ in _first(storage.list_prefix(source, s3), 1))
+    return not _listed(source, s3, 1)
+
+
+def _listed(prefix: str, s3: storage.S3Config, n: int) -> list[storage.FileInfo]:
+    """The first n files under a folder, listing no more than that where the store allows."""
+    if "://" in prefix and not storage.is_s3(prefix):
+        from apache_beam.io.filesystems import FileSystems
+
+        storage._gcs(prefix)  # an emulator without credentials, as every storage call does
+        pattern = prefix.rstrip("/") + "/**"
+        found = FileSystems.match([pattern], limits=[n])[0].metadata_list
+        return [storage.FileInfo(m.path, m.size_in_bytes, "") for m in found]
+    return list(_first(storage.list_prefix(prefix, s3), n))
 
 
 def _first(iterator, n):

@@ -18,7 +18,6 @@ from test_bad_input import jats, jpeg, tar_gz
 
 from transforms.pmc import cloud
 from transforms.pmc.discover import detect_layout
-from transforms.pmc.selection import Copy, choose_copies
 from transforms.storage import S3Config
 
 MULTI = "tidypmc__PMC6358576_PMC6358589_multi"
@@ -162,6 +161,8 @@ def test_a_package_beside_folders_is_counted(folder_run):
 
 
 def test_choose_copies_is_deterministic():
+    from transforms.pmc.selection import Copy, choose_copies
+
     copies = [
         Copy(1, "", "b"),
         Copy(2, "", "z"),

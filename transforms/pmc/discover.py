@@ -116,10 +116,6 @@ def source_files(source: str, s3: storage.S3Config):
     return packages, others
 
 
-def package_uris(source: str, s3: storage.S3Config) -> list[storage.FileInfo]:
-    return source_files(source, s3)[0]
-
-
 def _other_layout(info: storage.FileInfo, layout: str):
     """A file this layout does not read, counted (in and filtered) so that it shows."""
     yield listed(STAGE)

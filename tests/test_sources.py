@@ -258,6 +258,10 @@ def test_incremental_run_with_nothing_new_says_so_and_succeeds(tmp_path):
     # Without a window, nothing selected is an error: here no requested id exists.
     with pytest.raises(SystemExit, match="nothing selected.*pmcid_not_requested 1"):
         run_extract([*argv, "--overwrite", "--pmcids", "PMC999"])
+    # Ids not asked for are counted, not written (a --pmcids run over all of PMC).
+    report = json.loads((tmp_path / "o" / "run_report.json").read_text())
+    assert report["stages"]["discover"]["filtered_by_reason"] == {"pmcid_not_requested": 1}
+    assert read_filtered(tmp_path / "o") == []
 
 
 # ---- PMC Cloud: urls outside the version's folder, copies, wrappers ------------------------

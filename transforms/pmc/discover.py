@@ -201,6 +201,9 @@ class _JoinPackages(beam.DoFn):
         rows = list(grouped["rows"])
         row = rows[-1] if rows else None
         for info in sorted(grouped["packages"], key=lambda i: i.uri):
+            if row and row.invalid:
+                yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", info.uri)
+                continue
             ref = ArticleRef(
                 pmcid=pmcid,
                 version=None,
@@ -263,6 +266,9 @@ class _ReadBulkPackage(beam.DoFn):
                     )
                     continue
                 row = rows.get(pmcid)
+                if row and row.invalid:
+                    yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", where)
+                    continue
                 ref = ArticleRef(
                     pmcid=pmcid,
                     version=None,
@@ -477,10 +483,12 @@ class Discover(beam.PTransform):
                 | "JoinFileList" >> beam.CoGroupByKey()
                 | "OnlyPackages" >> beam.Filter(lambda kv: bool(list(kv[1]["packages"])))
                 | "Select"
-                >> beam.ParDo(_JoinPackages(self.selection)).with_outputs(FILTERED, main="refs")
+                >> beam.ParDo(_JoinPackages(self.selection)).with_outputs(
+                    DEAD, FILTERED, main="refs"
+                )
             )
             refs = joined.refs
-            dead_letters = (packages[DEAD],)
+            dead_letters = (packages[DEAD], joined[DEAD])
             filters = (packages[FILTERED], joined[FILTERED])
             listing = (packages[LISTED],)
         elif self.layout == "oa-bulk":

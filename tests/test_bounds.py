@@ -89,6 +89,23 @@ def test_many_members_add_up_to_the_bound():
     assert len(_read(data, max_archive_bytes=4 * MB).media) == 10
 
 
+def test_a_package_of_countless_empty_members_is_refused(monkeypatch):
+    monkeypatch.setattr(legacy, "MAX_MEMBERS", 50)
+    members = [(f"PMC9/f{i}.jpg", b"") for i in range(60)]
+    data = package([("PMC9/PMC9.nxml", jats("PMC9")), *members])
+    err = _refused(data)
+    assert (err.reason, err.detail) == ("archive_too_large", "more than 50 members (limit 50)")
+    monkeypatch.setattr(legacy, "MAX_MEMBERS", 100)
+    assert len(_read(data).media) == 60
+
+
+def test_size_flags_must_be_positive():
+    from transforms.extract import ExtractArticles, ImageLimits
+
+    with pytest.raises(ValueError, match="max_archive_bytes"):
+        ExtractArticles(limits=ImageLimits(max_archive_bytes=0))
+
+
 def test_image_members_are_not_held_in_memory():
     """Eight 4 MB image members: reading the package holds about one piece, not 32 MB."""
     members = [(f"PMC9/f{i}.jpg", 4 * MB) for i in range(8)]

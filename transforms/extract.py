@@ -83,6 +83,7 @@ class _ExtractArticle(beam.DoFn):
             except legacy.PackageError as err:
                 raise FetchError(err.reason, err.detail) from None
             if package.xml is None:
+                package.close()
                 why = (
                     f"archive truncated ({package.truncated})"
                     if package.truncated
@@ -278,6 +279,11 @@ class ExtractArticles(beam.PTransform):
         super().__init__()
         if self.limits.min_side < 1 or self.limits.max_pixels < 1:
             raise ValueError("--min_side and --max_pixels must be positive")
+        limits = self.limits
+        if min(limits.max_bytes, limits.max_xml_bytes, limits.max_archive_bytes) < 1:
+            raise ValueError(
+                "--max_image_bytes, --max_xml_bytes, --max_archive_bytes must be positive"
+            )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -176,6 +176,9 @@ def _unsafe(name: str) -> bool:
 DEFAULT_MAX_ARCHIVE_BYTES = 1 << 30
 DEFAULT_MAX_XML_BYTES = 64 << 20  # = jats.parse's bound
 DEFAULT_MAX_IMAGE_BYTES = 64 << 20  # = images.checks' bound
+# Every member costs a name held and looked at by each figure's href; real packages have at
+# most a few hundred. Past this a package of empty members is refused, however small.
+MAX_MEMBERS = 20_000
 _CHUNK = 1 << 20
 
 
@@ -298,8 +301,13 @@ def read_package(
     xml_too_large: MemberTooLarge | None = None
     try:
         with tarfile.open(fileobj=_BoundedTar(stream, max_archive_bytes), mode="r|") as archive:
-            for member in archive:
+            for count, member in enumerate(archive, 1):
                 seen_any = True
+                if count > MAX_MEMBERS:
+                    raise PackageError(
+                        "archive_too_large",
+                        f"more than {MAX_MEMBERS} members (limit {MAX_MEMBERS})",
+                    )
                 if _unsafe(member.name):
                     raise PackageError("unsafe_member_path", f"member {member.name!r}")
                 if member.issym() or member.islnk():

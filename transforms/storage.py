@@ -125,7 +125,7 @@ class StorageError(Exception):
 
 
 class TooLarge(StorageError):
-    """An object over the size bound it was read with; its bytes were not read."""
+    """An object over the size bound it was read with: refused, its bytes not returned."""
 
     def __init__(self, size: int | None, limit: int):
         said = f"{size} bytes" if size is not None else f"more than {limit} bytes"

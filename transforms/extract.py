@@ -42,7 +42,7 @@ class _Bundle:
     xml: bytes
     xml_source: str
     media_names: list[str]
-    inline_media: dict[str, bytes] | None = None  # packages are read whole
+    package: legacy.Package | None = None  # a package's images, each read when asked for
     media_root: str = ""
     note: str = ""  # e.g. why a package ended early
 
@@ -53,6 +53,7 @@ class ImageLimits:
     max_pixels: int = checks.MAX_PIXELS
     max_bytes: int = checks.MAX_BYTES
     max_xml_bytes: int = parse.DEFAULT_MAX_XML_BYTES
+    max_archive_bytes: int = legacy.DEFAULT_MAX_ARCHIVE_BYTES
 
 
 class _ExtractArticle(beam.DoFn):
@@ -72,12 +73,18 @@ class _ExtractArticle(beam.DoFn):
         if ref.source_kind == "oa-package":
             try:
                 with storage.open_stream(ref.location, self.s3) as stream:
-                    package = legacy.read_package(stream)
+                    package = legacy.read_package(
+                        stream,
+                        self.limits.max_archive_bytes,
+                        self.limits.max_xml_bytes,
+                        self.limits.max_bytes,
+                    )
             except storage.StorageError as err:
                 raise FetchError("archive_unreadable", str(err)) from None
             except legacy.PackageError as err:
                 raise FetchError(err.reason, err.detail) from None
             if package.xml is None:
+                package.close()
                 why = (
                     f"archive truncated ({package.truncated})"
                     if package.truncated
@@ -89,12 +96,14 @@ class _ExtractArticle(beam.DoFn):
                 package.xml,
                 f"{ref.location}::{package.xml_name}",
                 sorted(package.media),
-                inline_media=package.media,
+                package=package,
                 note=note,
             )
         xml_uri = storage.join(ref.location, ref.xml_name)
         try:
             xml = storage.read_bytes(xml_uri, self.s3, self.limits.max_xml_bytes)
+        except storage.TooLarge as err:
+            raise FetchError("xml_too_large", f"{ref.xml_name}: {err}") from None
         except storage.StorageError as err:
             raise FetchError("xml_unreadable", str(err)) from None
         names = list(ref.media)
@@ -103,8 +112,13 @@ class _ExtractArticle(beam.DoFn):
         return _Bundle(xml, xml_uri, names, media_root=ref.location)
 
     def _media(self, bundle: _Bundle, name: str) -> tuple[bytes, str]:
-        if bundle.inline_media is not None:
-            return bundle.inline_media[name], f"{bundle.xml_source.split('::')[0]}::{name}"
+        """(bytes, where from); storage.TooLarge over --max_image_bytes, unread."""
+        if bundle.package is not None:
+            try:
+                data = bundle.package.media[name]
+            except legacy.MemberTooLarge as err:
+                raise storage.TooLarge(err.size, err.limit) from None
+            return data, f"{bundle.xml_source.split('::')[0]}::{name}"
         uri = storage.join(bundle.media_root, name)
         return storage.read_bytes(uri, self.s3, self.limits.max_bytes), uri
 
@@ -118,6 +132,13 @@ class _ExtractArticle(beam.DoFn):
         except FetchError as err:
             yield dead(ARTICLES, name, err.reason, err.detail, ref.location)
             return
+        try:
+            yield from self._articles(ref, name, bundle)
+        finally:
+            if bundle.package is not None:
+                bundle.package.close()  # its images' spill file goes now, not when collected
+
+    def _articles(self, ref: ArticleRef, name: str, bundle: _Bundle):
         try:
             parsed = parse.parse_articles(bundle.xml, self.limits.max_xml_bytes)
         except parse.JatsError as err:
@@ -184,6 +205,10 @@ class _ExtractArticle(beam.DoFn):
                 continue
             try:
                 data, source = self._media(bundle, name)
+            except storage.TooLarge as err:
+                where = bundle.media_root or bundle.xml_source
+                yield dead(FIGURES, key, "image_too_large", f"{name}: {err}", where)
+                continue
             except (storage.StorageError, KeyError) as err:
                 yield dead(
                     FIGURES,
@@ -322,6 +347,11 @@ class ExtractArticles(beam.PTransform):
         super().__init__()
         if self.limits.min_side < 1 or self.limits.max_pixels < 1:
             raise ValueError("--min_side and --max_pixels must be positive")
+        limits = self.limits
+        if min(limits.max_bytes, limits.max_xml_bytes, limits.max_archive_bytes) < 1:
+            raise ValueError(
+                "--max_image_bytes, --max_xml_bytes, --max_archive_bytes must be positive"
+            )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -340,11 +370,21 @@ class ExtractArticles(beam.PTransform):
         )
         group.add_argument("--max_image_bytes", type=int, default=checks.MAX_BYTES)
         group.add_argument("--max_xml_bytes", type=int, default=parse.DEFAULT_MAX_XML_BYTES)
+        group.add_argument(
+            "--max_archive_bytes",
+            type=int,
+            default=legacy.DEFAULT_MAX_ARCHIVE_BYTES,
+            help="uncompressed bytes read from one oa_package at most (archive_too_large past it)",
+        )
 
     @classmethod
     def from_args(cls, args, s3: storage.S3Config, selection: Selection) -> ExtractArticles:
         limits = ImageLimits(
-            args.min_side, args.max_pixels, args.max_image_bytes, args.max_xml_bytes
+            args.min_side,
+            args.max_pixels,
+            args.max_image_bytes,
+            args.max_xml_bytes,
+            args.max_archive_bytes,
         )
         return cls(s3=s3, selection=selection, limits=limits, versioned_keys=args.all_versions)
 

@@ -74,6 +74,61 @@ class VersionMetadata:
     title: str
 
 
+# The longest value a metadata field may hold. Ids, codes and dates are short, titles and
+# citations a few hundred characters; a longer value is not real metadata, and a cut one would
+# ship in every sample of the article silently.
+MAX_FIELD_CHARS = 1024
+_FIELD_LIMITS = {"title": 8192, "citation": 8192, "xml_url": 4096, "text_url": 4096,
+                 "pdf_url": 4096, "media_urls": 4096}  # fmt: skip
+MAX_MEDIA_URLS = 10_000
+_TEXT_FIELDS = ("pmcid", "pmid", "doi", "mid", "title", "citation", "license_code", "xml_url",
+                "text_url", "pdf_url")  # fmt: skip
+_FLAG_FIELDS = ("is_pmc_openaccess", "is_manuscript", "is_historical_ocr", "is_retracted")
+
+
+def _check_fields(record: dict) -> None:
+    """MetadataError naming the first field of the wrong type or over its length bound."""
+
+    def text(name: str, value) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and name in ("pmid", "mid"):
+            value = str(value)  # PMC writes numeric ids as JSON numbers
+        if not isinstance(value, str):
+            raise MetadataError("metadata_invalid", f"field {name}: {_kind(value)}, not a string")
+        limit = _FIELD_LIMITS.get(name, MAX_FIELD_CHARS)
+        if len(value) > limit:
+            raise MetadataError(
+                "metadata_invalid", f"field {name}: {len(value)} characters > limit {limit}"
+            )
+
+    for name in _TEXT_FIELDS:
+        if record.get(name) is not None:
+            text(name, record[name])
+    version = record.get("version")
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise MetadataError("metadata_invalid", f"field version: {_kind(version)}, not an integer")
+    text("version", str(version))
+    for name in _FLAG_FIELDS:
+        if record.get(name) is not None and not isinstance(record[name], bool):
+            raise MetadataError(
+                "metadata_invalid", f"field {name}: {_kind(record[name])}, not true or false"
+            )
+    urls = record.get("media_urls")
+    if urls is None:
+        return
+    if not isinstance(urls, list):
+        raise MetadataError("metadata_invalid", f"field media_urls: {_kind(urls)}, not a list")
+    if len(urls) > MAX_MEDIA_URLS:
+        raise MetadataError(
+            "metadata_invalid", f"field media_urls: {len(urls)} entries > limit {MAX_MEDIA_URLS}"
+        )
+    for url in urls:
+        text("media_urls", url)
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def parse_metadata(
     data: bytes, root: str, metadata_uri: str, last_modified: str = ""
 ) -> VersionMetadata:
@@ -86,10 +141,11 @@ def parse_metadata(
         raise MetadataError("metadata_empty", "the metadata JSON is empty")
     try:
         record = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # bad UTF-8, bad JSON, a number of thousands of digits
         raise MetadataError("metadata_invalid", f"{type(err).__name__}: {err}") from None
     if not isinstance(record, dict):
         raise MetadataError("metadata_invalid", "the metadata JSON is not an object")
+    _check_fields(record)
     pmcid = str(record.get("pmcid") or "")
     if not re.fullmatch(r"PMC\d+", pmcid):
         raise MetadataError("metadata_invalid", f"pmcid {pmcid!r} is not PMC<digits>")

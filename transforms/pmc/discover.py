@@ -318,6 +318,9 @@ class _JoinPackages(beam.DoFn):
             warnings = ("not_in_file_list",)
         refs = []
         for info in grouped["packages"]:
+            if row and row.invalid:
+                yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", info.uri)
+                continue
             if not self.has_file_list:
                 yield noted(STAGE, "packages_without_file_list")
             elif row is None:
@@ -386,6 +389,9 @@ class _ReadBulkPackage(beam.DoFn):
                     )
                     continue
                 row = rows.get(pmcid) if rows is not None else None
+                if row and row.invalid:
+                    yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", where)
+                    continue
                 if rows is None:
                     warnings = ("no_file_list",)
                 elif row is None:
@@ -652,11 +658,11 @@ class Discover(beam.PTransform):
                 | "OnlyPackages" >> beam.Filter(lambda kv: bool(list(kv[1]["packages"])))
                 | "Select"
                 >> beam.ParDo(_JoinPackages(self.selection, bool(self.file_list))).with_outputs(
-                    FILTERED, NOTED, main="refs"
+                    DEAD, FILTERED, NOTED, main="refs"
                 )
             )
             refs = joined.refs
-            dead_letters = (packages[DEAD],)
+            dead_letters = (packages[DEAD], joined[DEAD])
             filters = (packages[FILTERED], joined[FILTERED])
             listing = (packages[LISTED],)
             notes = (packages[NOTED], joined[NOTED])

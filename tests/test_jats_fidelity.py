@@ -115,6 +115,24 @@ def test_a_citing_paragraph_leaves_out_the_floats_inside_it():
     assert contexts["F3"] == ["Only Figure 3 here."]
 
 
+def test_the_same_in_a_default_namespace():
+    # OAI-PMH records carry JATS in a default namespace.
+    namespaced = NESTED.replace(
+        "<article ", '<article xmlns="https://jats.nlm.nih.gov/ns/archiving/1.3/" ', 1
+    )
+    assert _contexts(_parse(namespaced)) == _contexts(_parse(NESTED))
+
+
+def test_a_hostile_paragraph_of_whitespace_and_floats_still_reads():
+    floats = "".join(f'<fig id="X{i}"><caption><p>c</p></caption></fig> \n ' for i in range(5000))
+    xml = _article(
+        body=f'<p>Start{" " * 200_000}<xref ref-type="fig" rid="F1">Figure 1</xref>{floats}end.'
+        + _fig("F1", "Cap.")
+        + "</p>"
+    )
+    assert _contexts(_parse(xml))["F1"] == ["Start Figure 1 end."]
+
+
 def test_a_float_between_words_leaves_one_space_and_none_before_punctuation():
     xml = _article(
         body=(

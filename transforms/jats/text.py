@@ -73,7 +73,7 @@ _WS = re.compile(r"[ \t\r\f\v\u00a0\u2009\u200a\u2002\u2003]+")
 _INVISIBLE = dict.fromkeys(range(0x2061, 0x2065))
 # Where a left-out element stood. NUL never occurs in XML text, so it cannot clash.
 _GAP = "\x00"
-_GAPS = re.compile(r"[ \t]*\x00[\x00 \t]*")
+_GAPS = re.compile(r"\x00[\x00 \t]*")  # starts at the gap: linear, whatever the whitespace
 # Line breaks in the XML source are layout, not text; blocks alone start lines.
 _SOURCE_BREAKS = str.maketrans("\r\n", "  ")
 
@@ -199,14 +199,20 @@ def _walk(element, out: list[str], skip: frozenset[str], floats: bool) -> None:
         out.append("\n")
 
 
-def _close_gap(match: re.Match) -> str:
-    # Nothing where the text resumes with punctuation or follows an opening bracket.
-    text, start, end = match.string, match.start(), match.end()
-    if text[end : end + 1] in (",", ".", ";", ":", "!", "?", ")", "]", "}"):
-        return ""
-    if start and text[start - 1] in ("(", "[", "{"):
-        return ""
-    return " "
+def _close_gaps(text: str) -> str:
+    """One space where a left-out element stood; none before punctuation or after an opening
+    bracket."""
+    if _GAP not in text:
+        return text
+    pieces = _GAPS.split(text)
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        before, after = out[-1].rstrip(" \t"), piece
+        joint = after[:1] in (",", ".", ";", ":", "!", "?", ")", "]", "}")
+        joint = joint or before[-1:] in ("(", "[", "{")
+        out[-1] = before
+        out.append(after if joint or not after or not before else " " + after)
+    return "".join(out)
 
 
 def text_of(element, skip: frozenset[str] | set[str] = frozenset(), floats: bool = False) -> str:
@@ -220,7 +226,7 @@ def text_of(element, skip: frozenset[str] | set[str] = frozenset(), floats: bool
         return ""
     out: list[str] = []
     _walk(element, out, frozenset(skip), floats)
-    text = _GAPS.sub(_close_gap, "".join(out)).translate(_INVISIBLE)
+    text = _close_gaps("".join(out)).translate(_INVISIBLE)
     lines = (_WS.sub(" ", line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 

@@ -368,18 +368,19 @@ def _reference_id(ref) -> str:
     found: dict[str, str] = {}
     links: list[str] = []
     for element in ref.iter("pub-id", "object-id", "ext-link"):
-        tag = local_name(element)
-        kind = element.get("ext-link-type" if tag == "ext-link" else "pub-id-type", "")
-        value = (href_of(element) if tag == "ext-link" else "") or inline_text(element)
-        kind = kind.strip().lower()
-        if kind == "pmid" and value.strip().isdigit():
-            found.setdefault("pmid", value.strip())
+        link = element.tag == "ext-link"
+        kind = element.get("ext-link-type" if link else "pub-id-type", "").strip().lower()
+        if kind not in ("pmid", "doi", "pmcid", "pmc"):
+            if link and _DOI_URL.match(href_of(element)):
+                links.append(href_of(element))
+            continue
+        value = ((href_of(element) if link else "") or "".join(element.itertext())).strip()
+        if kind == "pmid" and value.isdigit():
+            found.setdefault("pmid", value)
         elif kind == "doi" and _doi(value):
             found.setdefault("doi", _doi(value))
         elif kind in ("pmcid", "pmc") and normalize_pmcid(value):
             found.setdefault("pmcid", normalize_pmcid(value))
-        elif tag == "ext-link" and _DOI_URL.match(href_of(element)):
-            links.append(href_of(element))
     if "pmid" in found:
         return found["pmid"]
     doi = found.get("doi") or next((_doi(link) for link in links if _doi(link)), "")

@@ -70,12 +70,10 @@ _ALTERNATIVE_PREFERENCE = ("math", "tex-math", "textual-form")
 _SPACED_OPERATORS = frozenset("=<>≤≥≠≈±×÷→←↔∈∉⊂⊆+−")
 _WS = re.compile(r"[ \t\r\f\v\u00a0\u2009\u200a\u2002\u2003]+")
 # MathML's invisible operators (function application, times, separator, plus): nothing to read.
-_INVISIBLE = dict.fromkeys(range(0x2061, 0x2065))
+_INVISIBLE = re.compile("[\u2061-\u2064]")
 # Where a left-out element stood. NUL never occurs in XML text, so it cannot clash.
 _GAP = "\x00"
 _GAPS = re.compile(r"\x00[\x00 \t]*")  # starts at the gap: linear, whatever the whitespace
-# Line breaks in the XML source are layout, not text; blocks alone start lines.
-_SOURCE_BREAKS = str.maketrans("\r\n", "  ")
 
 
 def local_name(element) -> str:
@@ -161,7 +159,8 @@ def is_float(element) -> bool:
 
 
 def _source_text(text: str) -> str:
-    return text.translate(_SOURCE_BREAKS)
+    # Line breaks in the XML source are layout, not text; blocks alone start lines.
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def _walk(element, out: list[str], skip: frozenset[str], floats: bool) -> None:
@@ -226,7 +225,7 @@ def text_of(element, skip: frozenset[str] | set[str] = frozenset(), floats: bool
         return ""
     out: list[str] = []
     _walk(element, out, frozenset(skip), floats)
-    text = _close_gaps("".join(out)).translate(_INVISIBLE)
+    text = _INVISIBLE.sub("", _close_gaps("".join(out)))
     lines = (_WS.sub(" ", line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 

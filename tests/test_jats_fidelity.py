@@ -169,6 +169,14 @@ def test_line_breaks_in_the_xml_source_do_not_break_sentences():
     assert graphic.caption == "A caption laid out over lines."
 
 
+def test_preformatted_text_keeps_its_lines():
+    xml = _article(
+        body='<p>Run\nthis (<xref ref-type="fig" rid="F1">Figure 1</xref>):'
+        "<preformat>make demo\nmake test</preformat></p>" + _fig("F1", "Cap.")
+    )
+    assert _contexts(_parse(xml))["F1"] == ["Run this (Figure 1):\nmake demo\nmake test"]
+
+
 def test_the_article_text_keeps_sentences_apart_where_a_figure_stood():
     parsed = _parse(NESTED)
     assert "(Figure 1). Then they died" in parsed.article.article_text

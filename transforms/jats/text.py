@@ -171,6 +171,10 @@ def _walk(element, out: list[str], skip: frozenset[str], floats: bool) -> None:
     if tag == "tex-math":
         out.append(_source_text(element.text or "").strip())
         return
+    if tag == "preformat":
+        # Code and other preformatted blocks: here the source's line breaks are the text's.
+        out.append("\n" + "".join(element.itertext()) + "\n")
+        return
     if tag == "alternatives":
         chosen = _pick_alternative(element)
         if chosen is not None:

@@ -137,9 +137,9 @@ def _values(column: pa.ChunkedArray) -> list:
     value (to_pylist would make a copy of a megabyte text for each of its figures)."""
     if not pa.types.is_dictionary(column.type):
         return column.to_pylist()
-    out = []
+    out, shared = [], {}
     for chunk in column.chunks:
-        values = chunk.dictionary.to_pylist()
+        values = [shared.setdefault(v, v) for v in chunk.dictionary.to_pylist()]
         out.extend(None if i is None else values[i] for i in chunk.indices.to_pylist())
     return out
 

@@ -23,11 +23,11 @@ from transforms.outcomes import DEAD, FILTERED, LISTED
 from transforms.pmc.discover import Discover
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_FILE_SCHEMA
 from transforms.sinks import (
-    ARTICLE_ORDER,
-    FIGURE_ORDER,
     WriteArticleFiles,
     WriteDeadLetters,
     WriteSortedTable,
+    article_order,
+    figure_order,
 )
 
 OUTPUT_DIRS = ["extract", "dead_letter"]
@@ -66,7 +66,7 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
         staging=storage.join(out, "extract", "_staging", "articles"),
         schema=ARTICLE_SCHEMA,
         count=files,
-        order=ARTICLE_ORDER,
+        order=article_order,
         batch_rows=64,
     )
     kept = extracted[FIGURE_ROWS] | "WriteFigures" >> WriteArticleFiles(
@@ -74,7 +74,7 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
         staging=storage.join(out, "extract", "_staging", "figures"),
         schema=FIGURE_FILE_SCHEMA,
         count=files,
-        order=FIGURE_ORDER,
+        order=figure_order,
         dropped=deduped["dropped"],
     )
     deduped["duplicates"] | "WriteDuplicates" >> WriteSortedTable(

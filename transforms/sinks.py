@@ -59,67 +59,6 @@ def _held_bytes(row: dict) -> int:
     return sum(len(v) for v in row.values() if isinstance(v, (bytes, str)))
 
 
-class _Stage(beam.DoFn):
-    """Rows to staging files: one per (bundle, output file) the bundle touches, named by a
-    fresh id and moved into place whole; outputs (file index, staged path).
-
-    A retried bundle writes new files; only the names this step outputs are read later, so a
-    failed attempt's file is never used (and goes with the staging folder). All buffers are
-    written out together once what they hold reaches the bound, so a bundle holds at most
-    `batch_rows` rows (or `batch_bytes`) however many output files there are.
-    """
-
-    def __init__(self, staging: str, schema: pa.Schema, batch_rows: int, batch_bytes: int):
-        self.staging, self.schema = staging, schema
-        self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
-
-    def start_bundle(self):
-        self.buffers: dict[int, list[dict]] = {}
-        self.writers: dict[int, tuple] = {}
-        self.rows = self.bytes = 0
-
-    def process(self, record, count: int):
-        row = record if isinstance(record, dict) else as_row(record)
-        ident = article_files.article_id(*(row.get(c) for c in article_files.ARTICLE_ID_COLUMNS))
-        self.buffers.setdefault(article_files.file_index(ident, count), []).append(row)
-        self.rows += 1
-        self.bytes += _held_bytes(row)
-        if self.rows >= self.batch_rows or self.bytes >= self.batch_bytes:
-            self._flush()
-
-    def _flush(self):
-        for index, rows in sorted(self.buffers.items()):
-            if index not in self.writers:
-                self.writers[index] = self._open(index)
-            self.writers[index][2].write_table(pa.Table.from_pylist(rows, schema=self.schema))
-        self.buffers, self.rows, self.bytes = {}, 0, 0
-
-    def _open(self, index: int) -> tuple:
-        import uuid
-
-        name = f"{index:05d}-{uuid.uuid4().hex}.parquet"
-        paths = (
-            storage.join(self.staging, f"_{name}.inprogress"),
-            storage.join(self.staging, name),
-        )
-        if "://" not in self.staging:
-            import os
-
-            os.makedirs(self.staging, exist_ok=True)
-        sink = FileSystems.create(paths[0], compression_type="uncompressed")
-        return paths, sink, pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema))
-
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
-
-        self._flush()
-        for index, (paths, sink, writer) in sorted(self.writers.items()):
-            writer.close()
-            sink.close()
-            FileSystems.rename([paths[0]], [paths[1]])
-            yield GlobalWindows.windowed_value((index, paths[1]))
-
-
 _DIGITS = re.compile(r"\d+|\D+")
 
 
@@ -135,32 +74,111 @@ def natural(text) -> tuple:
     )
 
 
-def figure_order(values: dict) -> tuple:
+def _article(row: dict) -> tuple:
+    return article_files.article_id(*(row.get(c) for c in article_files.ARTICLE_ID_COLUMNS))
+
+
+def _digest(value) -> str:
+    """A short stand-in for a long value in a sort key (it only breaks ties)."""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def figure_order(row: dict) -> tuple:
     """Where a figure row lies in its file: its article, then its key in natural order
     (then what tells two rows with one key apart)."""
     sortable = article_files.sortable
     return (
-        article_files.article_id(*(values[c] for c in article_files.ARTICLE_ID_COLUMNS)),
-        natural(values["key"]),
-        *(sortable(values[c]) for c in ("key", "image_hash", "caption", "image_source")),
+        _article(row),
+        natural(row.get("key")),
+        sortable(row.get("key")),
+        sortable(row.get("image_hash")),
+        _digest(row.get("caption")),
+        sortable(row.get("image_source")),
     )
 
 
-def article_order(values: dict) -> tuple:
-    return article_files.article_id(*(values[c] for c in article_files.ARTICLE_ID_COLUMNS))
+def article_order(row: dict) -> tuple:
+    # Two rows of one article id (an <articles> wrapper naming one PMCID twice): by title.
+    return (_article(row), article_files.sortable(row.get("article_title")))
 
 
-FIGURE_ORDER = (
-    figure_order,
-    (*article_files.ARTICLE_ID_COLUMNS, "key", "image_hash", "caption", "image_source"),
-)
-ARTICLE_ORDER = (article_order, article_files.ARTICLE_ID_COLUMNS)
+class _Stage(beam.DoFn):
+    """Rows to staging files: one Arrow IPC file per (bundle, output file) the bundle
+    touches, named by a fresh id and moved into place whole. Outputs (file index, (staged
+    path, [(sort key, batch, row, key)])): where each row lies and where it goes.
+
+    A retried bundle writes new files; only the names this step outputs are read later, so a
+    failed attempt's file is never used (and goes with the staging folder). All buffers are
+    written out together once what they hold reaches the bound, so a bundle holds at most
+    `batch_rows` rows (or `batch_bytes`) however many output files there are. Each record
+    batch holds one article's rows (or part of them): the copy reads an article at a time.
+    """
+
+    def __init__(self, staging: str, schema: pa.Schema, order, limits: tuple[int, int]):
+        self.staging, self.schema, self.order = staging, schema, order
+        self.batch_rows, self.batch_bytes = limits
+
+    def start_bundle(self):
+        self.buffers: dict[int, list[dict]] = {}
+        self.writers: dict[int, list] = {}  # index: [paths, sink, writer, batches, places]
+        self.rows = self.bytes = 0
+
+    def process(self, record, count: int):
+        row = record if isinstance(record, dict) else as_row(record)
+        self.buffers.setdefault(article_files.file_index(_article(row), count), []).append(row)
+        self.rows += 1
+        self.bytes += _held_bytes(row)
+        if self.rows >= self.batch_rows or self.bytes >= self.batch_bytes:
+            self._flush()
+
+    def _flush(self):
+        for index, rows in sorted(self.buffers.items()):
+            if index not in self.writers:
+                self.writers[index] = self._open(index)
+            state = self.writers[index]
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end == len(rows) or _article(rows[end]) != _article(rows[start]):
+                    run = rows[start:end]
+                    state[2].write_batch(pa.RecordBatch.from_pylist(run, schema=self.schema))
+                    state[4] += [
+                        (self.order(row), state[3], i, row.get("key")) for i, row in enumerate(run)
+                    ]
+                    state[3] += 1
+                    start = end
+        self.buffers, self.rows, self.bytes = {}, 0, 0
+
+    def _open(self, index: int) -> list:
+        import uuid
+
+        name = f"{index:05d}-{uuid.uuid4().hex}.arrow"
+        paths = (
+            storage.join(self.staging, f"_{name}.inprogress"),
+            storage.join(self.staging, name),
+        )
+        if "://" not in self.staging:
+            import os
+
+            os.makedirs(self.staging, exist_ok=True)
+        sink = FileSystems.create(paths[0], compression_type="uncompressed")
+        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0, []]
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        self._flush()
+        for index, (paths, sink, writer, _, places) in sorted(self.writers.items()):
+            writer.close()
+            sink.close()
+            FileSystems.rename([paths[0]], [paths[1]])
+            yield GlobalWindows.windowed_value((index, (paths[1], places)))
 
 
-class _RowGroups:
-    """Row groups of staged files, read on demand and kept while they fit in `limit` bytes
-    (least recently used out first): rows are taken in sorted order, which mostly walks
-    each staged file forward, so a row group is read about once."""
+class _Batches:
+    """Record batches of staged files, read on demand and kept while they fit in `limit`
+    bytes (least recently used out first). A batch is one article's rows, and rows are
+    taken article by article: a batch is read about once."""
 
     def __init__(self, uris: list[str], limit: int):
         self.uris, self.limit = uris, limit
@@ -168,97 +186,84 @@ class _RowGroups:
         self.cache: OrderedDict = OrderedDict()
         self.held = 0
 
-    def file(self, f: int) -> pq.ParquetFile:
+    def _file(self, f: int) -> pa.ipc.RecordBatchFileReader:
         if f not in self.files:
-            source = open_native(self.uris[f])
-            # pre_buffer caches every range read until the file closes: memory grows with it.
-            self.files[f] = (source, pq.ParquetFile(source, pre_buffer=False))
+            uri = self.uris[f]
+            # Read, not memory-mapped: a mapping keeps every page it touched resident.
+            source = pa.OSFile(uri) if "://" not in uri else FileSystems.open(uri)
+            self.files[f] = (source, pa.ipc.open_file(source))
         return self.files[f][1]
 
-    def get(self, f: int, group: int) -> pa.Table:
-        if (f, group) in self.cache:
-            self.cache.move_to_end((f, group))
-            return self.cache[(f, group)]
-        table = self.file(f).read_row_group(group)
-        self.cache[(f, group)] = table
-        self.held += table.nbytes
+    def get(self, f: int, batch: int) -> pa.RecordBatch:
+        if (f, batch) in self.cache:
+            self.cache.move_to_end((f, batch))
+            return self.cache[(f, batch)]
+        found = self._file(f).get_batch(batch)
+        self.cache[(f, batch)] = found
+        self.held += found.nbytes
         while self.held > self.limit and len(self.cache) > 1:
             _, old = self.cache.popitem(last=False)
             self.held -= old.nbytes
-        return table
+        return found
 
     def close(self):
         for source, _ in self.files.values():
-            if not isinstance(source, str):
-                source.close()
+            source.close()
 
 
 class _WriteFile(beam.DoFn):
     """One output file from its staged pieces: rows sorted by content, less the dropped keys.
 
-    A first read takes only the sort columns; the rows are then copied in that order, a
-    batch at a time, from row groups read on demand: a file's rows never wait in memory all
-    together. The file appears under its name only once complete (written aside, renamed).
+    The order comes from the places the staging step sent along (no image read to decide);
+    the rows are then copied in that order, a batch at a time, from staged record batches
+    read on demand: a file's rows never wait in memory all together. The file appears under
+    its name only once complete (written aside, renamed).
     """
 
-    def __init__(self, directory: str, schema: pa.Schema, order, batch_rows: int):
-        self.directory, self.schema, self.order, self.batch_rows = (
-            directory,
-            schema,
-            order,
-            batch_rows,
-        )
+    def __init__(self, directory: str, schema: pa.Schema, batch_rows: int):
+        self.directory, self.schema, self.batch_rows = directory, schema, batch_rows
 
     def process(self, element, count: int, dropped=None):
-        index, staged = element
-        staged = sorted(staged)
-        groups = _RowGroups(staged, 256 * 1024 * 1024)
-        try:
-            places = self._places(groups, staged, dropped or {})
-            if places:
-                self._copy(groups, places, article_files.file_name(index, count))
-        finally:
-            groups.close()
+        index, pieces = element
+        pieces = sorted(pieces, key=lambda piece: piece[0])
+        places = [
+            (order, f, batch, row)
+            for f, (_, entries) in enumerate(pieces)
+            for order, batch, row, key in entries
+            if not (dropped and key in dropped)
+        ]
+        places.sort(key=lambda place: place[0])
+        if places:
+            batches = _Batches([uri for uri, _ in pieces], 256 * 1024 * 1024)
+            try:
+                self._copy(batches, places, article_files.file_name(index, count))
+            finally:
+                batches.close()
         yield len(places)
 
-    def _places(self, groups: _RowGroups, staged: list[str], dropped) -> list[tuple]:
-        """(sort key, staged file, row group, row) of every row kept, in output order."""
-        order, columns = self.order
-        places = []
-        for f in range(len(staged)):
-            handle = groups.file(f)
-            for group in range(handle.num_row_groups):
-                table = handle.read_row_group(group, columns=list(columns))
-                values = {c: table.column(c).to_pylist() for c in columns}
-                for row in range(table.num_rows):
-                    current = {c: values[c][row] for c in columns}
-                    if dropped and current.get("key") in dropped:
-                        continue
-                    places.append((order(current), f, group, row))
-        places.sort(key=lambda place: place[0])
-        return places
-
-    def _copy(self, groups: _RowGroups, places: list[tuple], name: str) -> None:
+    def _copy(self, batches: _Batches, places: list[tuple], name: str) -> None:
         final = storage.join(self.directory, name)
         aside = storage.join(self.directory, f"_{name}.inprogress")
+        if "://" not in self.directory:
+            import os
+
+            os.makedirs(self.directory, exist_ok=True)
         with FileSystems.create(aside, compression_type="uncompressed") as sink:
             with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
                 for start in range(0, len(places), self.batch_rows):
-                    batch = places[start : start + self.batch_rows]
                     parts, run = [], []
-                    for _, f, group, row in batch:
-                        if run and run[0][:2] != (f, group):
-                            parts.append(self._take(groups, run))
+                    for _, f, batch, row in places[start : start + self.batch_rows]:
+                        if run and run[0][:2] != (f, batch):
+                            parts.append(self._take(batches, run))
                             run = []
-                        run.append((f, group, row))
-                    parts.append(self._take(groups, run))
-                    writer.write_table(pa.concat_tables(parts))
+                        run.append((f, batch, row))
+                    parts.append(self._take(batches, run))
+                    writer.write_table(pa.Table.from_batches(parts, schema=self.schema))
         _commit(aside, final)
 
-    def _take(self, groups: _RowGroups, run: list[tuple]) -> pa.Table:
-        f, group, _ = run[0]
-        rows = pa.array([row for _, _, row in run], pa.int64())
-        return groups.get(f, group).take(rows)
+    def _take(self, batches: _Batches, run: list[tuple]) -> pa.RecordBatch:
+        f, batch, _ = run[0]
+        return batches.get(f, batch).take(pa.array([row for _, _, row in run], pa.int64()))
 
 
 @dataclass
@@ -269,14 +274,15 @@ class WriteArticleFiles(beam.PTransform):
 
     Rows are staged first (per bundle and file), so that rows with images never wait in
     memory for the (global) list of dropped keys, then each file is copied out of its
-    staged pieces in order. `count` is the number of files, a singleton PCollection.
+    staged pieces in order; only where rows lie (sort key, key) goes through the shuffle.
+    `count` is the number of files, a singleton PCollection.
     """
 
     directory: str
     staging: str
     schema: pa.Schema
     count: beam.pvalue.PCollection
-    order: tuple = FIGURE_ORDER
+    order: object = figure_order  # row dict -> sort key within a file
     dropped: beam.pvalue.PCollection | None = None  # (key, anything) pairs
     # Rows per row group, and per batch held: fewer, larger groups keep the footer (which
     # every reader decodes and holds) small; 256 figures are about 20 MB of images.
@@ -289,7 +295,8 @@ class WriteArticleFiles(beam.PTransform):
     def expand(self, rows):
         count = beam.pvalue.AsSingleton(self.count)
         staged = rows | "Stage" >> beam.ParDo(
-            _Stage(self.staging, self.schema, self.batch_rows, self.batch_bytes), count
+            _Stage(self.staging, self.schema, self.order, (self.batch_rows, self.batch_bytes)),
+            count,
         )
         sides = {"count": count}
         if self.dropped is not None:
@@ -298,9 +305,7 @@ class WriteArticleFiles(beam.PTransform):
             staged
             | "ByFile" >> beam.GroupByKey()
             | "Write"
-            >> beam.ParDo(
-                _WriteFile(self.directory, self.schema, self.order, self.batch_rows), **sides
-            )
+            >> beam.ParDo(_WriteFile(self.directory, self.schema, self.batch_rows), **sides)
         )
 
 

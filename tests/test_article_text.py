@@ -211,6 +211,24 @@ def test_article_texts_in_any_order(tmp_path, monkeypatch):
         "text 3",
     ]
     assert texts.text(article_id("PMC1", 1, "elsewhere")) == ""
+    # A batch of figures in any order: at most two scans of the file; and once the whole
+    # file was seen, articles it lacks cost no scan at all.
+    opened = []
+    read = sources._read_parquet
+    monkeypatch.setattr(sources, "_read_parquet", lambda *a: opened.append(1) or read(*a))
+    figures = pa.table(
+        {
+            "article_accession_id": ["PMC7", "PMC3", "PMC7", "PMC404", "PMC9", "PMC0"],
+            "article_version": pa.array([1, 1, 1, 1, 1, 1], pa.int64()),
+            "source_location": ["s"] * 6,
+        }
+    )
+    column = texts.column(figures)
+    assert column.to_pylist() == ["text 7", "text 3", "text 7", "", "text 9", "text 0"]
+    assert len(column.dictionary) == 5 and len(opened) <= 2
+    opened.clear()
+    assert [texts.text(article_id(f"PMC{n}", 1, "s")) for n in (500, 501, 502)] == [""] * 3
+    assert opened == []
 
 
 def test_a_text_is_held_once_however_many_rows_share_it():

@@ -63,39 +63,58 @@ def text_column(texts: list[str]) -> pa.DictionaryArray:
 
 
 class ArticleTexts:
-    """The texts of one articles file, looked up by article: a forward scan holding one
-    small batch, so rows asked for in the file's order (extract writes figures and articles
-    in the same order) read it once. An article behind the scan starts it over; one the
-    file lacks gets ""."""
+    """The texts of one articles file, looked up a batch of figures at a time: a forward
+    scan holding one small batch of articles, so figures asked for in the file's order
+    (extract writes figures and articles in the same order) read it once. Articles behind
+    the scan start it over, so any order costs at most two scans a batch of figures; once a
+    scan has seen the whole file, an article it lacks costs none (it gets "")."""
 
     def __init__(self, uri: str):
         self.uri = uri
         self._scan = None
         self._batch: dict[tuple, str] = {}
+        self._known: set[tuple] | None = None  # every article of the file, once scanned
 
     def _batches(self):
         columns = [*ARTICLE_ID_COLUMNS, TEXT]
+        seen = set()
         for table in _read_parquet(self.uri, columns, ARTICLE_BATCH_ROWS):
             values = [table.column(c).to_pylist() for c in columns]
-            yield {article_id(*row[:-1]): row[-1] or "" for row in zip(*values, strict=True)}
+            batch = {article_id(*row[:-1]): row[-1] or "" for row in zip(*values, strict=True)}
+            seen.update(batch)
+            yield batch
+        self._known = seen
 
-    def text(self, article: tuple) -> str:
-        if article in self._batch:
-            return self._batch[article]
+    def texts(self, wanted: set[tuple]) -> dict[tuple, str]:
+        """{article: text} of the wanted articles the file holds."""
+        if self._known is not None:
+            wanted = wanted & self._known
+        found = {a: self._batch[a] for a in wanted if a in self._batch}
         for _ in range(2):  # on from here, then once from the start
+            if len(found) == len(wanted):
+                break
             if self._scan is None:
                 self._scan = self._batches()
             for batch in self._scan:
                 self._batch = batch
-                if article in batch:
-                    return batch[article]
-            self._scan, self._batch = None, {}
-        return ""
+                found.update((a, batch[a]) for a in wanted.intersection(batch))
+                if len(found) == len(wanted):
+                    break
+            else:
+                self._scan, self._batch = None, {}
+                if self._known is not None:
+                    wanted = wanted & self._known
+        return found
+
+    def text(self, article: tuple) -> str:
+        return self.texts({article}).get(article, "")
 
     def column(self, table: pa.Table) -> pa.DictionaryArray:
         """The text of each row's article, for a figure table."""
-        ids = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
-        return text_column([self.text(article_id(*values)) for values in ids])
+        values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
+        ids = [article_id(*v) for v in values]
+        found = self.texts(set(ids))
+        return text_column([found.get(a, "") for a in ids])
 
 
 def _column(table: pa.Table, name: str) -> list:

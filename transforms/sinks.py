@@ -137,13 +137,15 @@ class _Stage(beam.DoFn):
             if index not in self.writers:
                 self.writers[index] = self._open(index)
             state = self.writers[index]
+            # One conversion per buffer (a conversion costs per call), one batch per article.
+            table = pa.RecordBatch.from_pylist(rows, schema=self.schema)
             start = 0
             for end in range(1, len(rows) + 1):
                 if end == len(rows) or _article(rows[end]) != _article(rows[start]):
-                    run = rows[start:end]
-                    state[2].write_batch(pa.RecordBatch.from_pylist(run, schema=self.schema))
+                    state[2].write_batch(table.slice(start, end - start))
                     state[4] += [
-                        (self.order(row), state[3], i, row.get("key")) for i, row in enumerate(run)
+                        (self.order(row), state[3], i, row.get("key"))
+                        for i, row in enumerate(rows[start:end])
                     ]
                     state[3] += 1
                     start = end
@@ -173,6 +175,11 @@ class _Stage(beam.DoFn):
             sink.close()
             FileSystems.rename([paths[0]], [paths[1]])
             yield GlobalWindows.windowed_value((index, (paths[1], places)))
+
+
+# Staged batches kept for reuse: rows are taken article by article, so a batch is mostly
+# needed once; this only spares re-reads where an article's figures straddle batches.
+BATCH_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class _Batches:
@@ -234,7 +241,7 @@ class _WriteFile(beam.DoFn):
         ]
         places.sort(key=lambda place: place[0])
         if places:
-            batches = _Batches([uri for uri, _ in pieces], 256 * 1024 * 1024)
+            batches = _Batches([uri for uri, _ in pieces], BATCH_CACHE_BYTES)
             try:
                 self._copy(batches, places, article_files.file_name(index, count))
             finally:
@@ -263,7 +270,10 @@ class _WriteFile(beam.DoFn):
 
     def _take(self, batches: _Batches, run: list[tuple]) -> pa.RecordBatch:
         f, batch, _ = run[0]
-        return batches.get(f, batch).take(pa.array([row for _, _, row in run], pa.int64()))
+        found, rows = batches.get(f, batch), [row for _, _, row in run]
+        if rows == list(range(found.num_rows)):
+            return found  # the whole batch in its order: the common case, no copy
+        return found.take(pa.array(rows, pa.int64()))
 
 
 @dataclass

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_extract
@@ -14,8 +15,6 @@ from conftest import run_extract
 from pipelines import shard as shard_pipeline
 from transforms import article_files
 from transforms.pmc.sample_corpus import generate_corpus
-
-pytestmark = pytest.mark.slow
 
 MULTI_PROCESS = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
 PER_FILE = 4  # articles per extract file: a 14-article corpus gives several files
@@ -60,6 +59,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_extract_files_are_named_and_ordered_by_content(runs):
     one, two = runs["one"]["extract"], runs["two"]["extract"]
     parts = ("extract/figures", "extract/articles", "extract/duplicates", "dead_letter")
@@ -97,6 +97,7 @@ def _runs(key: str) -> list[str]:
     return re.findall(r"\d+|\D+", key)
 
 
+@pytest.mark.slow
 def test_shards_from_two_worker_counts_are_identical(runs):
     one, two = runs["one"]["dataset"], runs["two"]["dataset"]
     manifest_one = json.loads((one / "manifest.json").read_text())
@@ -108,3 +109,74 @@ def test_shards_from_two_worker_counts_are_identical(runs):
     assert files(one / "webdataset") == files(two / "webdataset")
     assert files(one / "parquet") == files(two / "parquet")
     assert files(one / "dead_letter") == files(two / "dead_letter")
+
+
+# ---- the writer alone: however the runner cuts the rows into bundles -----------------------------
+
+SCHEMA = pa.schema(
+    [
+        ("article_accession_id", pa.string()),
+        ("article_version", pa.int64()),
+        ("source_location", pa.string()),
+        ("key", pa.string()),
+        ("image_hash", pa.string()),
+        ("caption", pa.string()),
+        ("image_source", pa.string()),
+        ("image", pa.binary()),
+    ]
+)
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for a in range(9):
+        for n in (1, 2, 10, 3, 11):  # document order; F2 sorts before F10
+            rows.append(
+                {
+                    "article_accession_id": f"PMC{a}",
+                    "article_version": 1,
+                    "source_location": f"s/{a}",
+                    "key": f"PMC{a}_F{n}",
+                    "image_hash": f"h{a}{n}",
+                    "caption": f"Figure {n}",
+                    "image_source": f"s/{a}/f{n}",
+                    "image": bytes([a, n]) * 5000,
+                }
+            )
+    return rows
+
+
+def _write(
+    tmp: Path, bundles: list[list[dict]], flush_rows: int, dropped: dict
+) -> dict[str, bytes]:
+    from transforms.sinks import _Stage, _WriteFile, figure_order
+
+    stage = _Stage(str(tmp / "staging"), SCHEMA, figure_order, (flush_rows, 1 << 30))
+    pieces: dict[int, list] = {}
+    for bundle in bundles:
+        stage.start_bundle()
+        for row in bundle:
+            stage.process(row, 3)
+        for out in stage.finish_bundle():
+            index, piece = out.value
+            pieces.setdefault(index, []).append(piece)
+    writer = _WriteFile(str(tmp / "out"), SCHEMA, (4, 1 << 30))
+    kept = sum(n for item in pieces.items() for n in writer.process(item, 3, dropped))
+    assert kept == 45 - len(dropped)
+    return {p.name: p.read_bytes() for p in sorted((tmp / "out").glob("*"))}
+
+
+@pytest.mark.parametrize("dropped", [{}, {"PMC3_F10": "PMC3_F1", "PMC0_F1": "PMC1_F1"}])
+def test_same_rows_in_other_bundles_give_the_same_files(tmp_path, dropped):
+    """Bundles of any size and order, flushed anywhere (mid-article too): same bytes."""
+    rows = _rows()
+    whole = _write(tmp_path / "a", [rows], 1000, dropped)
+    shuffled = list(reversed(rows))
+    cut = _write(tmp_path / "b", [shuffled[:7], shuffled[7:30], shuffled[30:]], 2, dropped)
+    assert whole == cut
+    assert len(whole) >= 2
+    assert all(name.startswith("part-") and name.endswith("-of-00003.parquet") for name in whole)
+    keys = [k for name in sorted(whole) for k in articles_of(tmp_path / "a" / "out" / name, "key")]
+    assert len(keys) == 45 - len(dropped) and not set(dropped) & set(keys)
+    first = [k for k in keys if k.startswith("PMC4_")]
+    assert first == [f"PMC4_F{n}" for n in (1, 2, 3, 10, 11)]

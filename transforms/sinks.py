@@ -106,7 +106,7 @@ def article_order(row: dict) -> tuple:
 class _Stage(beam.DoFn):
     """Rows to staging files: one Arrow IPC file per (bundle, output file) the bundle
     touches, named by a fresh id and moved into place whole. Outputs (file index, (staged
-    path, [(sort key, batch, row, key)])): where each row lies and where it goes.
+    path, [(sort key, batch, row, key, bytes)])): where each row lies and where it goes.
 
     A retried bundle writes new files; only the names this step outputs are read later, so a
     failed attempt's file is never used (and goes with the staging folder). All buffers are
@@ -144,7 +144,7 @@ class _Stage(beam.DoFn):
                 if end == len(rows) or _article(rows[end]) != _article(rows[start]):
                     state[2].write_batch(table.slice(start, end - start))
                     state[4] += [
-                        (self.order(row), state[3], i, row.get("key"))
+                        (self.order(row), state[3], i, row.get("key"), _held_bytes(row))
                         for i, row in enumerate(rows[start:end])
                     ]
                     state[3] += 1
@@ -227,16 +227,17 @@ class _WriteFile(beam.DoFn):
     its name only once complete (written aside, renamed).
     """
 
-    def __init__(self, directory: str, schema: pa.Schema, batch_rows: int):
-        self.directory, self.schema, self.batch_rows = directory, schema, batch_rows
+    def __init__(self, directory: str, schema: pa.Schema, limits: tuple[int, int]):
+        self.directory, self.schema = directory, schema
+        self.batch_rows, self.batch_bytes = limits
 
     def process(self, element, count: int, dropped=None):
         index, pieces = element
         pieces = sorted(pieces, key=lambda piece: piece[0])
         places = [
-            (order, f, batch, row)
+            (order, f, batch, row, size)
             for f, (_, entries) in enumerate(pieces)
-            for order, batch, row, key in entries
+            for order, batch, row, key, size in entries
             if not (dropped and key in dropped)
         ]
         places.sort(key=lambda place: place[0])
@@ -257,16 +258,31 @@ class _WriteFile(beam.DoFn):
             os.makedirs(self.directory, exist_ok=True)
         with FileSystems.create(aside, compression_type="uncompressed") as sink:
             with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
-                for start in range(0, len(places), self.batch_rows):
+                for group in self._row_groups(places):
                     parts, run = [], []
-                    for _, f, batch, row in places[start : start + self.batch_rows]:
+                    for _, f, batch, row, _ in group:
                         if run and run[0][:2] != (f, batch):
                             parts.append(self._take(batches, run))
                             run = []
                         run.append((f, batch, row))
                     parts.append(self._take(batches, run))
-                    writer.write_table(pa.Table.from_batches(parts, schema=self.schema))
+                    # One chunk: how staging happened to cut the rows must not show in the bytes.
+                    table = pa.Table.from_batches(parts, schema=self.schema).combine_chunks()
+                    writer.write_table(table)
         _commit(aside, final)
+
+    def _row_groups(self, places: list[tuple]):
+        """Consecutive places cut by their rows' content: at most batch_rows rows, and
+        batch_bytes bytes (a megabyte text is one row of an article file)."""
+        group, held = [], 0
+        for place in places:
+            if group and (len(group) >= self.batch_rows or held + place[4] > self.batch_bytes):
+                yield group
+                group, held = [], 0
+            group.append(place)
+            held += place[4]
+        if group:
+            yield group
 
     def _take(self, batches: _Batches, run: list[tuple]) -> pa.RecordBatch:
         f, batch, _ = run[0]
@@ -315,7 +331,10 @@ class WriteArticleFiles(beam.PTransform):
             staged
             | "ByFile" >> beam.GroupByKey()
             | "Write"
-            >> beam.ParDo(_WriteFile(self.directory, self.schema, self.batch_rows), **sides)
+            >> beam.ParDo(
+                _WriteFile(self.directory, self.schema, (self.batch_rows, self.batch_bytes)),
+                **sides,
+            )
         )
 
 

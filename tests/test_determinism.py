@@ -140,7 +140,7 @@ def _rows() -> list[dict]:
                     "image_hash": f"h{a}{n}",
                     "caption": f"Figure {n}",
                     "image_source": f"s/{a}/f{n}",
-                    "image": bytes([a, n]) * 5000,
+                    "image": bytes([a, n]) * 300_000,  # pages (1 MB) end within a row group
                 }
             )
     return rows

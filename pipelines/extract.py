@@ -17,13 +17,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.options import ExtractOptions, RunOptions
 from pipelines.runner import REPORT, main_of, make_pipeline, prepare_output, run_and_report
-from transforms import report, storage
+from transforms import article_files, report, storage
 from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.images.dedupe import Dedupe
 from transforms.outcomes import DEAD, FILTERED, LISTED, NOTED
 from transforms.pmc.discover import Discover, source_is_empty
-from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
-from transforms.sinks import WriteDeadLetters, WriteTable, WriteTableWithout
+from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_FILE_SCHEMA
+from transforms.sinks import (
+    WriteArticleFiles,
+    WriteDeadLetters,
+    WriteSortedTable,
+    article_order,
+    figure_order,
+)
 
 OUTPUT_DIRS = ["extract", "dead_letter", "filtered"]
 # Counted only: a --pmcids run over all of PMC would write a line per article not asked for.
@@ -52,17 +58,32 @@ def build(
     extracted = found["refs"] | "ExtractStage" >> extract
     deduped = extracted[FIGURE_ROWS] | "Dedupe" >> dedupe
 
-    extracted["articles"] | "WriteArticles" >> WriteTable(
-        storage.join(out, "extract", "articles"), ARTICLE_SCHEMA
+    # Files by content: an article's row and its figures go to files of the same name, one
+    # per ARTICLES_PER_FILE articles listed, whatever the runner or the bundles.
+    per_file = article_files.ARTICLES_PER_FILE
+    files = (
+        found["refs"]
+        | "CountRefs" >> beam.combiners.Count.Globally()
+        | "FileCount" >> beam.Map(article_files.file_count, per_file)
     )
-    kept = extracted[FIGURE_ROWS] | "WriteFigures" >> WriteTableWithout(
+    extracted["articles"] | "WriteArticles" >> WriteArticleFiles(
+        directory=storage.join(out, "extract", "articles"),
+        staging=storage.join(out, "extract", "_staging", "articles"),
+        schema=ARTICLE_SCHEMA,
+        count=files,
+        order=article_order,
+        batch_rows=64,
+    )
+    kept = extracted[FIGURE_ROWS] | "WriteFigures" >> WriteArticleFiles(
         directory=storage.join(out, "extract", "figures"),
         staging=storage.join(out, "extract", "_staging", "figures"),
-        schema=FIGURE_SCHEMA,
+        schema=FIGURE_FILE_SCHEMA,
+        count=files,
+        order=figure_order,
         dropped=deduped["dropped"],
     )
-    deduped["duplicates"] | "WriteDuplicates" >> WriteTable(
-        storage.join(out, "extract", "duplicates"), DUPLICATE_SCHEMA
+    deduped["duplicates"] | "WriteDuplicates" >> WriteSortedTable(
+        storage.join(out, "extract", "duplicates"), DUPLICATE_SCHEMA, lambda d: d["key"]
     )
     dead_letters = (found[DEAD], extracted[DEAD]) | "AllDead" >> beam.Flatten()
     dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(out, "dead_letter"))

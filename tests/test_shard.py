@@ -135,11 +135,21 @@ def built(tmp_path_factory) -> dict:
     figures = read_table(extract / "extract" / "figures")
     assert len(figures) == extract_report["stages"]["dedupe"]["out"] > 20
     report = run_shard(extract, dataset)
+    # An article's text is stored once, in extract/articles; each sample's JSON carries it.
+    articles = {
+        (a["article_accession_id"], a["article_version"]): a["article_text"]
+        for a in read_table(extract / "extract" / "articles")
+    }
+    texts = {
+        row["key"]: articles[(row["article_accession_id"], row["article_version"])]
+        for row in figures
+    }
     return {
         "root": root,
         "extract": extract,
         "dataset": dataset,
         "figures": {row["key"]: row for row in figures},
+        "texts": texts,
         "report": report,
     }
 
@@ -187,6 +197,7 @@ def test_report_and_manifest(built):
 
 def test_webdataset_reads_every_sample(built):
     dataset, figures = built["dataset"], built["figures"]
+    assert sum(bool(text) for text in built["texts"].values()) > len(figures) / 2
     samples = read_samples(dataset)
     assert len(samples) == manifest_of(dataset)["totals"]["samples"] == len(figures)
     assert set(samples) == set(figures)
@@ -196,7 +207,12 @@ def test_webdataset_reads_every_sample(built):
         assert sample["txt"] == row["caption"]
         meta = sample["json"]
         assert meta["txt"] == row["caption"] and meta["fixes"] == []
-        assert {k: v for k, v in meta.items() if k not in SIDE_FIELDS} == row_fields(row)
+        # The article's text, stored once in extract/articles, joined into every sample.
+        assert meta["article_text"] == built["texts"][key]
+        assert {k: v for k, v in meta.items() if k not in SIDE_FIELDS} == {
+            **row_fields(row),
+            "article_text": built["texts"][key],
+        }
     # A group's samples run in input order: the extract's files sorted, rows as they lie.
     expected = input_order(sorted((built["extract"] / "extract" / "figures").glob("*.parquet")))
     assert set(expected) == set(manifest_of(dataset)["groups"])
@@ -348,14 +364,18 @@ def test_same_bytes_on_other_runners(built, tmp_path):
 
 def split_figures(built, folder: Path, bounds=(5, 16, 17, 33)) -> list[pa.Table]:
     """The extract's figure rows cut into files part-0, part-1, ... (named in their order)
-    at the given row numbers; the tables written."""
+    at the given row numbers, each with its articles file of the same name in the sibling
+    `articles` folder (where the shard stage reads their text); the tables written."""
     figures = sorted((built["extract"] / "extract" / "figures").glob("*.parquet"))
     table = pa.concat_tables(pq.read_table(path) for path in figures)
+    articles = pq.read_table(built["extract"] / "extract" / "articles")
     folder.mkdir()
+    (folder.parent / "articles").mkdir()
     cuts = [0, *bounds, table.num_rows]
     parts = [table.slice(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False)]
     for i, part in enumerate(parts):
         pq.write_table(part, folder / f"part-{i}.parquet")
+        pq.write_table(articles, folder.parent / "articles" / f"part-{i}.parquet")
     return parts
 
 

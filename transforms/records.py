@@ -175,13 +175,24 @@ def arrow_schema(cls, exclude: tuple[str, ...] = ()) -> pa.Schema:
 
 
 ARTICLE_SCHEMA = arrow_schema(Article)
-# A figure row carries its article's fields beside its own, as the shard JSON does.
+# A sample carries its article's fields beside its own: the shard JSON's fields.
 FIGURE_SCHEMA = pa.schema(list(arrow_schema(Figure)) + list(ARTICLE_SCHEMA))
+# Article fields stored once per article (extract/articles), never copied into each of its
+# figure rows: an article's body can be megabytes, and it can have a thousand figures. The
+# shard stage joins them back where it writes the sample JSON.
+HELD_ONCE = ("article_text",)
+# extract/figures: a figure row without the fields held once.
+FIGURE_FILE_SCHEMA = pa.schema([f for f in FIGURE_SCHEMA if f.name not in HELD_ONCE])
 DUPLICATE_SCHEMA = arrow_schema(Duplicate)
 
 
 def figure_row(figure: Figure, article: Article) -> dict:
-    return {**dataclasses.asdict(figure), **dataclasses.asdict(article)}
+    """A row of extract/figures: the figure's fields and its article's, but those held once."""
+    row = dataclasses.asdict(figure)
+    for f in dataclasses.fields(article):
+        if f.name not in HELD_ONCE:
+            row[f.name] = getattr(article, f.name)
+    return row
 
 
 def as_row(record) -> dict:
@@ -215,7 +226,8 @@ class ShardRecord:
     pieces: int = 1  # more than one: its samples came from several units, joined
 
 
-# A shard's Parquet: every figure field but the image bytes, plus where the sample lies.
+# A shard's Parquet: every figure field but the image bytes and those held once (the
+# article text is in each sample's JSON), plus where the sample lies.
 SHARD_INDEX_SCHEMA = pa.schema(
-    [f for f in FIGURE_SCHEMA if f.name != "image"] + list(arrow_schema(ShardPlacement))
+    [f for f in FIGURE_FILE_SCHEMA if f.name != "image"] + list(arrow_schema(ShardPlacement))
 )

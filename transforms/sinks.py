@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import posixpath
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import storage
+from transforms import article_files, storage
 from transforms.records import as_row
-
-
-@dataclass
-class WriteTable(beam.PTransform):
-    """Records (dataclasses or dicts) to Parquet files `<directory>/part-*.parquet`."""
-
-    directory: str
-    schema: pa.Schema
-    batch_rows: int = 1000  # rows per Arrow batch: keep small where rows hold images
-
-    def __post_init__(self):
-        super().__init__()
-
-    def expand(self, records):
-        return (
-            records
-            | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
-            | "Parquet"
-            >> beam.io.WriteToParquet(
-                storage.join(self.directory, "part"),
-                self.schema,
-                file_name_suffix=".parquet",
-                record_batch_size=self.batch_rows,
-                row_group_buffer_size=32 * 1024 * 1024,
-            )
-        )
-
 
 # Free text: min/max statistics of these would be long strings no filter uses.
 _TEXT_COLUMNS = frozenset(
@@ -75,59 +49,364 @@ def open_native(uri: str):
     return uri if "://" not in uri else FileSystems.open(uri, compression_type="uncompressed")
 
 
-class _WriteBundles(beam.DoFn):
-    """Rows to one Parquet file per bundle, named by a fresh id and moved into place whole.
+def _commit(aside: str, final: str) -> None:
+    if FileSystems.exists(final):
+        FileSystems.delete([final])
+    FileSystems.rename([aside], [final])
 
-    A retried bundle writes a new file; only the names this step outputs are read later, so a
-    failed attempt's file is never used (and goes with the staging folder).
+
+def _held_bytes(row: dict) -> int:
+    return sum(len(v) for v in row.values() if isinstance(v, (bytes, str)))
+
+
+_DIGITS = re.compile(r"\d+|\D+")
+
+
+def natural(text) -> tuple:
+    """Sort key of a figure key with its numbers in numeric order (F2 before F10), which is
+    mostly the order of the figures in the article. Digit runs compare by length, then
+    text: no int() of a hostile million-digit id."""
+    if not isinstance(text, str):
+        return ((2, 0, repr(text)),)
+    return tuple(
+        (0, len(part), part) if part[0].isdigit() else (1, 0, part)
+        for part in _DIGITS.findall(text)
+    )
+
+
+def _article(row: dict) -> tuple:
+    return article_files.article_id(*(row.get(c) for c in article_files.ARTICLE_ID_COLUMNS))
+
+
+def _digest(value) -> str:
+    """A short stand-in for a long value in a sort key (it only breaks ties)."""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def figure_order(row: dict) -> tuple:
+    """Where a figure row lies in its file: its article, then its key in natural order
+    (then what tells two rows with one key apart)."""
+    sortable = article_files.sortable
+    return (
+        _article(row),
+        natural(row.get("key")),
+        sortable(row.get("key")),
+        sortable(row.get("image_hash")),
+        _digest(row.get("caption")),
+        sortable(row.get("image_source")),
+    )
+
+
+def article_order(row: dict) -> tuple:
+    # Two rows of one article id (an <articles> wrapper naming one PMCID twice): by title.
+    return (_article(row), article_files.sortable(row.get("article_title")))
+
+
+class _Stage(beam.DoFn):
+    """Rows to staging files: one Arrow IPC file per (bundle, output file) the bundle
+    touches, named by a fresh id and moved into place whole. Outputs (file index, (staged
+    path, [(sort key, batch, row, key, bytes)])): where each row lies and where it goes.
+
+    A retried bundle writes new files; only the names this step outputs are read later, so a
+    failed attempt's file is never used (and goes with the staging folder). All buffers are
+    written out together once what they hold reaches the bound, so a bundle holds at most
+    `batch_rows` rows (or `batch_bytes`) however many output files there are. Each record
+    batch holds one article's rows (or part of them): the copy reads an article at a time.
     """
 
-    def __init__(self, directory: str, schema: pa.Schema, batch_rows: int):
-        self.directory, self.schema, self.batch_rows = directory, schema, batch_rows
+    def __init__(self, staging: str, schema: pa.Schema, order, limits: tuple[int, int]):
+        self.staging, self.schema, self.order = staging, schema, order
+        self.batch_rows, self.batch_bytes = limits
 
     def start_bundle(self):
-        self.rows, self.writer, self.sink, self.paths = [], None, None, None
+        self.buffers: dict[int, list[dict]] = {}
+        self.writers: dict[int, list] = {}  # index: [paths, sink, writer, batches, places]
+        self.rows = self.bytes = 0
 
-    def process(self, row):
-        self.rows.append(row)
-        if len(self.rows) >= self.batch_rows:
-            self._write()
+    def process(self, record, count: int):
+        row = record if isinstance(record, dict) else as_row(record)
+        self.buffers.setdefault(article_files.file_index(_article(row), count), []).append(row)
+        self.rows += 1
+        self.bytes += _held_bytes(row)
+        if self.rows >= self.batch_rows or self.bytes >= self.batch_bytes:
+            self._flush()
 
-    def _write(self):
-        if self.writer is None:
-            import uuid
+    def _flush(self):
+        for index, rows in sorted(self.buffers.items()):
+            if index not in self.writers:
+                self.writers[index] = self._open(index)
+            state = self.writers[index]
+            # One conversion per buffer (a conversion costs per call), one batch per article.
+            table = pa.RecordBatch.from_pylist(rows, schema=self.schema)
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end == len(rows) or _article(rows[end]) != _article(rows[start]):
+                    state[2].write_batch(table.slice(start, end - start))
+                    state[4] += [
+                        (self.order(row), state[3], i, row.get("key"), _held_bytes(row))
+                        for i, row in enumerate(rows[start:end])
+                    ]
+                    state[3] += 1
+                    start = end
+        self.buffers, self.rows, self.bytes = {}, 0, 0
 
-            name = f"part-{uuid.uuid4().hex}.parquet"
-            self.paths = (
-                storage.join(self.directory, f"_{name}.inprogress"),
-                storage.join(self.directory, name),
-            )
-            if "://" not in self.directory:
-                import os
+    def _open(self, index: int) -> list:
+        import uuid
 
-                os.makedirs(self.directory, exist_ok=True)
-            self.sink = FileSystems.create(self.paths[0], compression_type="uncompressed")
-            self.writer = pq.ParquetWriter(self.sink, self.schema, **parquet_options(self.schema))
-        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-        self.rows = []
+        name = f"{index:05d}-{uuid.uuid4().hex}.arrow"
+        paths = (
+            storage.join(self.staging, f"_{name}.inprogress"),
+            storage.join(self.staging, name),
+        )
+        if "://" not in self.staging:
+            import os
+
+            os.makedirs(self.staging, exist_ok=True)
+        sink = FileSystems.create(paths[0], compression_type="uncompressed")
+        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0, []]
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
-        if self.rows:
-            self._write()
-        if self.writer is None:
-            return
-        self.writer.close()
-        self.sink.close()
-        FileSystems.rename([self.paths[0]], [self.paths[1]])
-        yield GlobalWindows.windowed_value(self.paths[1])
+        self._flush()
+        for index, (paths, sink, writer, _, places) in sorted(self.writers.items()):
+            writer.close()
+            sink.close()
+            FileSystems.rename([paths[0]], [paths[1]])
+            yield GlobalWindows.windowed_value((index, (paths[1], places)))
+
+
+# Staged batches kept for reuse: rows are taken article by article, so a batch is mostly
+# needed once; this only spares re-reads where an article's figures straddle batches.
+BATCH_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class _Batches:
+    """Record batches of staged files, read on demand and kept while they fit in `limit`
+    bytes (least recently used out first). A batch is one article's rows, and rows are
+    taken article by article: a batch is read about once."""
+
+    def __init__(self, uris: list[str], limit: int):
+        self.uris, self.limit = uris, limit
+        self.files: dict[int, tuple] = {}
+        self.cache: OrderedDict = OrderedDict()
+        self.held = 0
+
+    def _file(self, f: int) -> pa.ipc.RecordBatchFileReader:
+        if f not in self.files:
+            uri = self.uris[f]
+            # Read, not memory-mapped: a mapping keeps every page it touched resident.
+            source = pa.OSFile(uri) if "://" not in uri else FileSystems.open(uri)
+            self.files[f] = (source, pa.ipc.open_file(source))
+        return self.files[f][1]
+
+    def get(self, f: int, batch: int) -> pa.RecordBatch:
+        if (f, batch) in self.cache:
+            self.cache.move_to_end((f, batch))
+            return self.cache[(f, batch)]
+        found = self._file(f).get_batch(batch)
+        self.cache[(f, batch)] = found
+        self.held += found.nbytes
+        while self.held > self.limit and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.held -= old.nbytes
+        return found
+
+    def close(self):
+        for source, _ in self.files.values():
+            source.close()
+
+
+class _WriteFile(beam.DoFn):
+    """One output file from its staged pieces: rows sorted by content, less the dropped keys.
+
+    The order comes from the places the staging step sent along (no image read to decide);
+    the rows are then copied in that order, a batch at a time, from staged record batches
+    read on demand: a file's rows never wait in memory all together. The file appears under
+    its name only once complete (written aside, renamed).
+    """
+
+    def __init__(self, directory: str, schema: pa.Schema, limits: tuple[int, int]):
+        self.directory, self.schema = directory, schema
+        self.batch_rows, self.batch_bytes = limits
+
+    def process(self, element, count: int, dropped=None):
+        index, pieces = element
+        pieces = sorted(pieces, key=lambda piece: piece[0])
+        places = [
+            (order, f, batch, row, size)
+            for f, (_, entries) in enumerate(pieces)
+            for order, batch, row, key, size in entries
+            if not (dropped and key in dropped)
+        ]
+        places.sort(key=lambda place: place[0])
+        if places:
+            batches = _Batches([uri for uri, _ in pieces], BATCH_CACHE_BYTES)
+            try:
+                self._copy(batches, places, article_files.file_name(index, count))
+            finally:
+                batches.close()
+        yield len(places)
+
+    def _copy(self, batches: _Batches, places: list[tuple], name: str) -> None:
+        final = storage.join(self.directory, name)
+        aside = storage.join(self.directory, f"_{name}.inprogress")
+        if "://" not in self.directory:
+            import os
+
+            os.makedirs(self.directory, exist_ok=True)
+        with FileSystems.create(aside, compression_type="uncompressed") as sink:
+            with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
+                for group in self._row_groups(places):
+                    parts, run = [], []
+                    for _, f, batch, row, _ in group:
+                        if run and run[0][:2] != (f, batch):
+                            parts.append(self._take(batches, run))
+                            run = []
+                        run.append((f, batch, row))
+                    parts.append(self._take(batches, run))
+                    # The writer's pages follow the chunks, and how staging happened to cut
+                    # the rows must not show in the bytes: one chunk a row (no copy, unlike
+                    # one chunk for all).
+                    rows = [part.slice(i, 1) for part in parts for i in range(part.num_rows)]
+                    writer.write_table(pa.Table.from_batches(rows, schema=self.schema))
+        _commit(aside, final)
+
+    def _row_groups(self, places: list[tuple]):
+        """Consecutive places cut by their rows' content: at most batch_rows rows, and
+        batch_bytes bytes (a megabyte text is one row of an article file)."""
+        group, held = [], 0
+        for place in places:
+            if group and (len(group) >= self.batch_rows or held + place[4] > self.batch_bytes):
+                yield group
+                group, held = [], 0
+            group.append(place)
+            held += place[4]
+        if group:
+            yield group
+
+    def _take(self, batches: _Batches, run: list[tuple]) -> pa.RecordBatch:
+        f, batch, _ = run[0]
+        found, rows = batches.get(f, batch), [row for _, _, row in run]
+        if rows == list(range(found.num_rows)):
+            return found  # the whole batch in its order: the common case, no copy
+        return found.take(pa.array(rows, pa.int64()))
+
+
+@dataclass
+class WriteArticleFiles(beam.PTransform):
+    """Rows of articles (or their figures) to `directory/part-<i>-of-<n>.parquet`, each
+    article's rows in the file its PMCID and version hash to, sorted by content; less the
+    rows whose key is in the `dropped` side input, if any. Outputs the rows kept per file.
+
+    Rows are staged first (per bundle and file), so that rows with images never wait in
+    memory for the (global) list of dropped keys, then each file is copied out of its
+    staged pieces in order; only where rows lie (sort key, key) goes through the shuffle.
+    `count` is the number of files, a singleton PCollection.
+    """
+
+    directory: str
+    staging: str
+    schema: pa.Schema
+    count: beam.pvalue.PCollection
+    order: object = figure_order  # row dict -> sort key within a file
+    dropped: beam.pvalue.PCollection | None = None  # (key, anything) pairs
+    # Rows per row group, and per batch held: fewer, larger groups keep the footer (which
+    # every reader decodes and holds) small; 256 figures are about 20 MB of images.
+    batch_rows: int = 256
+    batch_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, rows):
+        count = beam.pvalue.AsSingleton(self.count)
+        staged = rows | "Stage" >> beam.ParDo(
+            _Stage(self.staging, self.schema, self.order, (self.batch_rows, self.batch_bytes)),
+            count,
+        )
+        sides = {"count": count}
+        if self.dropped is not None:
+            sides["dropped"] = beam.pvalue.AsDict(self.dropped)
+        return (
+            staged
+            | "ByFile" >> beam.GroupByKey()
+            | "Write"
+            >> beam.ParDo(
+                _WriteFile(self.directory, self.schema, (self.batch_rows, self.batch_bytes)),
+                **sides,
+            )
+        )
+
+
+@dataclass
+class WriteSortedTable(beam.PTransform):
+    """Small records to one Parquet file, `directory/part-00000-of-00001.parquet`, sorted by
+    `sort_key` (whatever order they came in)."""
+
+    directory: str
+    schema: pa.Schema
+    sort_key: object  # row dict -> sortable
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, records):
+        return (
+            records
+            | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
+            | "All" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(_write_sorted, self.directory, self.schema, self.sort_key)
+        )
+
+
+def _write_sorted(rows: list[dict], directory: str, schema: pa.Schema, sort_key) -> int:
+    rows = sorted(rows, key=sort_key)
+    name = article_files.file_name(0, 1)
+    if "://" not in directory:
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+    aside = storage.join(directory, f"_{name}.inprogress")
+    with FileSystems.create(aside, compression_type="uncompressed") as sink:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink, **parquet_options(schema))
+    _commit(aside, storage.join(directory, name))
+    return len(rows)
+
+
+# Dead letters per file: a file's lines are sorted in one worker.
+DEAD_LETTERS_PER_FILE = 100_000
+
+
+def _dead_letter_file(line: str, count: int) -> int:
+    return int.from_bytes(hashlib.sha256(line.encode()).digest()[:8], "big") % count
+
+
+class _WriteLines(beam.DoFn):
+    def __init__(self, directory: str, name: str):
+        self.directory, self.name = directory, name
+
+    def process(self, element, count: int):
+        index, lines = element
+        name = f"{self.name}-{index:05d}-of-{count:05d}.jsonl"
+        if "://" not in self.directory:
+            import os
+
+            os.makedirs(self.directory, exist_ok=True)
+        aside = storage.join(self.directory, f"_{name}.inprogress")
+        with FileSystems.create(aside, compression_type="uncompressed") as sink:
+            for line in sorted(lines):
+                sink.write(line.encode() + b"\n")
+        _commit(aside, storage.join(self.directory, name))
+        yield name
 
 
 @dataclass
 class WriteDeadLetters(beam.PTransform):
-    """Dead letters to `<directory>/dead_letters-*.jsonl`, one JSON object a line (any record
-    dataclass: filtered records use it with `name="filtered"`)."""
+    """Records to `<directory>/<name>-<i>-of-<n>.jsonl`, one JSON object a line, sorted:
+    the same records give the same files on any runner. Dead letters, and filtered records
+    with `name="filtered"`."""
 
     directory: str
     name: str = "dead_letters"
@@ -136,80 +415,17 @@ class WriteDeadLetters(beam.PTransform):
         super().__init__()
 
     def expand(self, dead_letters):
+        lines = dead_letters | "Json" >> beam.Map(
+            lambda d: json.dumps(as_row(d), ensure_ascii=False, sort_keys=True)
+        )
+        count = beam.pvalue.AsSingleton(
+            lines
+            | "Count" >> beam.combiners.Count.Globally()
+            | "Files" >> beam.Map(lambda n: max(1, -(-n // DEAD_LETTERS_PER_FILE)))
+        )
         return (
-            dead_letters
-            | "Json"
-            >> beam.Map(lambda d: json.dumps(as_row(d), ensure_ascii=False, sort_keys=True))
-            | "Lines"
-            >> beam.io.WriteToText(
-                storage.join(self.directory, self.name), file_name_suffix=".jsonl"
-            )
-        )
-
-
-class _CopyKeeping(beam.DoFn):
-    """Copy one staged Parquet file to its final folder, leaving out the rows of dropped keys.
-
-    Streams batch by batch, so memory stays flat however large the table grows; the final
-    file appears under its name only once complete (written aside, then renamed).
-    """
-
-    def __init__(self, directory: str, schema: pa.Schema, batch_rows: int):
-        self.directory, self.schema, self.batch_rows = directory, schema, batch_rows
-
-    def process(self, staged: str, dropped: dict):
-        name = posixpath.basename(staged)
-        final = storage.join(self.directory, name)
-        aside = storage.join(self.directory, f"_{name}.inprogress")
-        kept = 0
-        drop = pa.array(sorted(dropped), pa.string())
-        source = open_native(staged)
-        try:
-            # pre_buffer caches every range the iterator has read: memory grows with the file.
-            table_file = pq.ParquetFile(source, pre_buffer=False)
-            with FileSystems.create(aside, compression_type="uncompressed") as sink:
-                with pq.ParquetWriter(sink, self.schema, **parquet_options(self.schema)) as writer:
-                    for batch in table_file.iter_batches(batch_size=self.batch_rows):
-                        table = pa.Table.from_batches([batch], schema=self.schema)
-                        if len(drop):
-                            table = table.filter(pc.invert(pc.is_in(table["key"], value_set=drop)))
-                        if table.num_rows:
-                            writer.write_table(table)
-                        kept += table.num_rows
-        finally:
-            if not isinstance(source, str):
-                source.close()
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([aside], [final])
-        # The staged file stays until the run ends: a retried bundle reads it again.
-        yield kept
-
-
-@dataclass
-class WriteTableWithout(beam.PTransform):
-    """Rows to Parquet in `directory`, less those whose key is in the `dropped` side input.
-
-    The rows go to a staging folder first, so that rows with images are never held back
-    waiting for the (global) list of dropped keys; outputs the number of rows kept per file.
-    """
-
-    directory: str
-    staging: str
-    schema: pa.Schema
-    dropped: beam.pvalue.PCollection  # (key, anything) pairs
-    # Rows per row group, and per batch held: fewer, larger groups keep the footer (which
-    # every reader decodes and holds) small; 256 figures are about 20 MB of images.
-    batch_rows: int = 256
-
-    def __post_init__(self):
-        super().__init__()
-
-    def expand(self, rows):
-        staged = rows | "Stage" >> beam.ParDo(
-            _WriteBundles(self.staging, self.schema, self.batch_rows)
-        )
-        return staged | "Keep" >> beam.ParDo(
-            _CopyKeeping(self.directory, self.schema, self.batch_rows),
-            dropped=beam.pvalue.AsDict(self.dropped),
+            lines
+            | "ToFile" >> beam.Map(lambda line, n: (_dead_letter_file(line, n), line), count)
+            | "ByFile" >> beam.GroupByKey()
+            | "Lines" >> beam.ParDo(_WriteLines(self.directory, self.name), count)
         )

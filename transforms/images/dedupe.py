@@ -129,7 +129,7 @@ class Dedupe(beam.PTransform):
 
     Rows are not filtered here: rows carry images, and holding them until the global list
     of duplicates is known would cost memory in proportion to the corpus. The writer leaves
-    the dropped keys out instead (sinks.WriteTableWithout).
+    the dropped keys out instead (sinks.WriteArticleFiles).
     """
 
     threshold: int = DEFAULT_THRESHOLD  # max Hamming distance of near duplicates; -1: exact only

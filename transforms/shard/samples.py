@@ -126,7 +126,13 @@ _ARTICLE = "article_"
 
 
 def sample_jsons(columns: dict[str, list]) -> list[bytes]:
-    """sample_json of every row of a batch given column by column, byte for byte the same.
+    """sample_json of every row of a batch given column by column, byte for byte the same."""
+    return [b"".join(parts) for parts in sample_json_parts(columns)]
+
+
+def sample_json_parts(columns: dict[str, list]) -> list[tuple[bytes, ...]]:
+    """sample_jsons, each as parts that concatenate to it; rows of one article share the
+    same first part (not a copy of it: an article's text can be megabytes).
 
     A figure row repeats its article's fields (the full text among them), and consecutive
     rows mostly share an article: the article's part of the JSON is serialized once per run
@@ -138,7 +144,7 @@ def sample_jsons(columns: dict[str, list]) -> list[bytes]:
     rest = [n for n in names if not n.startswith(_ARTICLE)]
     if not article or any(n < _ARTICLE for n in rest) or "txt" in columns:
         rows = zip(*(columns[n] for n in names), strict=True)
-        return [sample_json(dict(zip(names, values, strict=True))) for values in rows]
+        return [(sample_json(dict(zip(names, values, strict=True))),) for values in rows]
     article_values = [_plain_column(columns[n]) for n in article]
     rest_values = [_plain_column(columns[n]) for n in rest]
     captions = columns["caption"]
@@ -151,7 +157,7 @@ def sample_jsons(columns: dict[str, list]) -> list[bytes]:
             prefix = block[:-1] + b","  # '{"article_...":...,' : the rest follows
         fields = {name: column[i] for name, column in zip(rest, rest_values, strict=True)}
         fields["txt"] = captions[i]
-        out.append(prefix + _dumps(fields)[1:])
+        out.append((prefix, _dumps(fields)[1:]))
     return out
 
 

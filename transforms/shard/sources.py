@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms import storage
+from transforms.article_files import ARTICLE_ID_COLUMNS, article_id, sibling
 from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement, arrow_schema
 from transforms.shard.row_filter import compile_where
 from transforms.shard.webdataset_tar import read_images
@@ -44,14 +45,100 @@ def _read_parquet(uri: str, columns=None, batch_rows: int | None = None):
             source.close()
 
 
+TEXT = "article_text"
+TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
+# Articles per batch of the articles file held while texts are looked up: texts run to
+# megabytes.
+ARTICLE_BATCH_ROWS = 16
+
+
+def text_column(texts: list[str]) -> pa.DictionaryArray:
+    """A column of article texts, each distinct text stored once however many rows repeat
+    it (a thousand figures of one article share one copy)."""
+    unique: dict[str, int] = {}
+    indices = [unique.setdefault(text, len(unique)) for text in texts]
+    return pa.DictionaryArray.from_arrays(
+        pa.array(indices, pa.int32()), pa.array(list(unique), pa.string())
+    )
+
+
+class ArticleTexts:
+    """The texts of one articles file, looked up a batch of figures at a time: a forward
+    scan holding one small batch of articles, so figures asked for in the file's order
+    (extract writes figures and articles in the same order) read it once. Articles behind
+    the scan start it over, so any order costs at most two scans a batch of figures; once a
+    scan has seen the whole file, an article it lacks costs none (it gets "")."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._scan = None
+        self._batch: dict[tuple, str] = {}
+        self._known: set[tuple] | None = None  # every article of the file, once scanned
+
+    def _batches(self):
+        columns = [*ARTICLE_ID_COLUMNS, TEXT]
+        seen = set()
+        for table in _read_parquet(self.uri, columns, ARTICLE_BATCH_ROWS):
+            values = [table.column(c).to_pylist() for c in columns]
+            batch = {article_id(*row[:-1]): row[-1] or "" for row in zip(*values, strict=True)}
+            seen.update(batch)
+            yield batch
+        self._known = seen
+
+    def texts(self, wanted: set[tuple]) -> dict[tuple, str]:
+        """{article: text} of the wanted articles the file holds."""
+        if self._known is not None:
+            wanted = wanted & self._known
+        found = {a: self._batch[a] for a in wanted if a in self._batch}
+        for _ in range(2):  # on from here, then once from the start
+            if len(found) == len(wanted):
+                break
+            if self._scan is None:
+                self._scan = self._batches()
+            for batch in self._scan:
+                self._batch = batch
+                found.update((a, batch[a]) for a in wanted.intersection(batch))
+                if len(found) == len(wanted):
+                    break
+            else:
+                self._scan, self._batch = None, {}
+                if self._known is not None:
+                    wanted = wanted & self._known
+        return found
+
+    def text(self, article: tuple) -> str:
+        return self.texts({article}).get(article, "")
+
+    def column(self, table: pa.Table) -> pa.DictionaryArray:
+        """The text of each row's article, for a figure table."""
+        values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
+        ids = [article_id(*v) for v in values]
+        found = self.texts(set(ids))
+        return text_column([found.get(a, "") for a in ids])
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
+
+
 class ParquetSource:
-    """Figure Parquet files (extract's output): a unit is a file's URI."""
+    """Figure Parquet files (extract's output): a unit is a file's URI. The article text,
+    held once per article, comes from the articles file of the same name beside the figures
+    folder (none there: an empty text); a figure file that carries the column keeps its own."""
 
     def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
         return next(_read_parquet(unit, LIGHT_COLUMNS)), []
 
     def full(self, unit: str) -> Iterator[pa.Table]:
-        yield from _read_parquet(unit, batch_rows=BATCH_ROWS)
+        articles = sibling(unit)
+        texts = ArticleTexts(articles) if storage.exists(articles) else None
+        for table in _read_parquet(unit, batch_rows=BATCH_ROWS):
+            if TEXT in table.column_names:
+                yield table
+            elif texts is None:
+                yield table.append_column(TEXT, text_column([""] * table.num_rows))
+            else:
+                yield table.append_column(TEXT, texts.column(table))
 
 
 # A dataset's index columns that say where a sample lay; `fixes` travels on with the sample.
@@ -104,5 +191,9 @@ class DatasetSubset:
         # A missing or damaged tar raises: the shard stage retries it, then dead-letters the
         # rows with the error. A key the tar lacks gets no image, and its own dead letter.
         with storage.open_stream(storage.join(self.dataset, "webdataset", unit)) as stream:
-            images = read_images(stream, set(keys))
-        yield matched.append_column("image", pa.array([images.get(k) for k in keys], pa.binary()))
+            images, texts = read_images(stream, set(keys))
+        matched = matched.append_column(
+            "image", pa.array([images.get(k) for k in keys], pa.binary())
+        )
+        # The article text is in each sample's JSON only (the index leaves it out).
+        yield matched.append_column(TEXT, text_column([texts.get(k, "") for k in keys]))

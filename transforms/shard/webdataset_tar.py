@@ -7,6 +7,7 @@ groups on). Every member has the same metadata (mtime 0, uid/gid 0, no user name
 
 from __future__ import annotations
 
+import json
 import tarfile
 from dataclasses import dataclass
 
@@ -52,17 +53,20 @@ _TEMPLATE = b"\0" * 100 + _info("x", 0).tobuf(tarfile.PAX_FORMAT, "utf-8", "surr
 _PADDING = [b"\0" * ((tarfile.BLOCKSIZE - r) % tarfile.BLOCKSIZE) for r in range(tarfile.BLOCKSIZE)]
 
 
-def sample_parts(key: str, jpg: bytes, json_bytes: bytes, txt: bytes) -> list[bytes]:
+def sample_parts(key: str, jpg: bytes, json_bytes, txt: bytes) -> list[bytes]:
     """One sample's three tar members as byte strings that concatenate to them.
 
     The image goes as it is (a view into the reader's buffer, copied once: into the file);
     the small rest (headers, JSON, caption, padding) is joined into two strings, so that a
-    sample costs three writes and three hash updates, not nine.
+    sample costs three writes and three hash updates, not nine. `json_bytes` may come as a
+    tuple of parts (samples.sample_json_parts).
     """
     head = _header(f"{key}.jpg", len(jpg))
     rest = [_PADDING[len(jpg) % tarfile.BLOCKSIZE]]
     for ext, data in (("json", json_bytes), ("txt", txt)):
-        rest += (_header(f"{key}.{ext}", len(data)), data, _PADDING[len(data) % tarfile.BLOCKSIZE])
+        parts = data if isinstance(data, tuple) else (data,)
+        size = sum(len(part) for part in parts)
+        rest += (_header(f"{key}.{ext}", size), *parts, _PADDING[size % tarfile.BLOCKSIZE])
     return [head, jpg, b"".join(rest)]
 
 
@@ -90,13 +94,25 @@ def build_shard(samples: list[tuple[str, bytes, bytes, bytes]]) -> tuple[bytes, 
     return b"".join(parts), spans
 
 
-def read_images(stream, keys: set[str]) -> dict[str, bytes]:
-    """{key: jpg bytes} for the wanted keys of a shard, read forward only."""
+def read_images(stream, keys: set[str]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """({key: jpg bytes}, {key: article text of its JSON}) for the wanted keys of a shard,
+    read forward only. Samples of one article share one copy of its text."""
     found: dict[str, bytes] = {}
+    texts: dict[str, str] = {}
+    distinct: dict[str, str] = {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
-            if ext == "jpg" and key in keys and member.isfile():
-                handle = tar.extractfile(member)
-                found[key] = handle.read() if handle else b""
-    return found
+            if ext not in ("jpg", "json") or key not in keys or not member.isfile():
+                continue
+            handle = tar.extractfile(member)
+            data = handle.read() if handle else b""
+            if ext == "jpg":
+                found[key] = data
+                continue
+            try:
+                text = json.loads(data).get("article_text") or ""
+            except (ValueError, AttributeError):
+                text = ""  # a JSON no reader could take: the sample keeps no text
+            texts[key] = distinct.setdefault(text, text) if isinstance(text, str) else ""
+    return found, texts

@@ -33,7 +33,7 @@ from transforms import storage
 from transforms.outcomes import DEAD, dead
 from transforms.pmc.licenses import GROUPS, OTHER
 from transforms.records import (
-    FIGURE_SCHEMA,
+    FIGURE_FILE_SCHEMA,
     ShardPlacement,
     arrow_schema,
 )
@@ -44,8 +44,9 @@ from transforms.shard.samples import (
     as_text,
     check_image_head,
     check_text,
-    sample_jsons,
+    sample_json_parts,
 )
+from transforms.shard.sources import TEXT, TEXT_TYPE, text_column
 from transforms.shard.webdataset_tar import sample_parts
 from transforms.shard.writer import TarStream
 from transforms.sinks import open_native
@@ -60,8 +61,12 @@ STATS = "stats"  # ((group, journal, year), n) for the dataset card
 RECORDS = "records"  # ShardRecords of shards written whole by one unit
 CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
 
-# Rows as the shard stage holds them: a figure row plus the fixes made on the way.
-WORK_SCHEMA = pa.schema(list(FIGURE_SCHEMA) + [arrow_schema(ShardPlacement).field("fixes")])
+# Rows as the shard stage holds them: a figure row, its article's text (joined by the source;
+# dictionary-encoded: one copy per article, not per figure) and the fixes made on the way.
+WORK_SCHEMA = pa.schema(
+    list(FIGURE_FILE_SCHEMA)
+    + [pa.field(TEXT, TEXT_TYPE), arrow_schema(ShardPlacement).field("fixes")]
+)
 UNREADABLE = "unit_unreadable"  # an input file (or source shard) that cannot be read
 # Reads of a unit before its failure is taken for damage (and dead-lettered), not a blip.
 READ_ATTEMPTS = 3
@@ -94,9 +99,16 @@ def conform(table: pa.Table) -> pa.Table:
     for field in WORK_SCHEMA:
         if field.name in table.column_names:
             column = table.column(field.name)
-            if field.name not in ("key", "caption") and column.type != field.type:
+            if field.name == TEXT and column.type != field.type:
+                # A figure file that still carries the text (an older extract): its
+                # repeated values stored once from here on.
+                column = pc.dictionary_encode(column.cast(pa.string()))
+                column = column.cast(field.type)
+            elif field.name not in ("key", "caption") and column.type != field.type:
                 column = column.cast(field.type)
             columns.append(column)
+        elif field.name == TEXT:
+            columns.append(text_column([""] * table.num_rows))
         elif field.name == "fixes":
             columns.append(pa.array([[]] * table.num_rows, field.type))
         else:
@@ -118,6 +130,18 @@ def blob_to_table(blob: bytes) -> pa.Table:
 
 def _column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
+
+
+def _values(column: pa.ChunkedArray) -> list:
+    """A column as Python values; a dictionary column's rows share one object per distinct
+    value (to_pylist would make a copy of a megabyte text for each of its figures)."""
+    if not pa.types.is_dictionary(column.type):
+        return column.to_pylist()
+    out, shared = [], {}
+    for chunk in column.chunks:
+        values = [shared.setdefault(v, v) for v in chunk.dictionary.to_pylist()]
+        out.extend(None if i is None else values[i] for i in chunk.indices.to_pylist())
+    return out
 
 
 def _placement(table: pa.Table) -> tuple[list, list, list, list]:
@@ -305,7 +329,8 @@ class _WriteUnit(beam.DoFn):
                 name,
                 pa.array(values, WORK_SCHEMA.field(name).type),
             )
-        jsons = sample_jsons({name: meta.column(name).to_pylist() for name in meta.column_names})
+        jsons = sample_json_parts({name: _values(meta.column(name)) for name in meta.column_names})
+        meta = meta.drop_columns([TEXT])  # in the JSON only: the index leaves it out
         view, starts = _image_views(table.column("image"))
         for j, i in enumerate(kept):
             group, number = groups[j], ranks[j] // self.per_shard

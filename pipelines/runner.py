@@ -1,13 +1,20 @@
-"""What every pipeline entry point shares: a runner that needs no download, output checks."""
+"""What every pipeline entry point shares: a runner that needs no download, output checks,
+one lock per output, progress, and one clear line (and exit status) for whatever goes wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.flags import UsageError, log_level
+from transforms import progress as progress_lines
 from transforms import storage
+from transforms.run_lock import LockError, RunLock
 
 
 def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
@@ -46,9 +53,76 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 REPORT = "run_report.json"
 
 
-def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) -> dict:
+def _location(uri: str) -> tuple[str, tuple[str, ...]]:
+    """(scheme or "", path parts) of a folder, a file or a glob's fixed part, for overlap."""
+    uri = uri.strip()
+    cut = min([uri.index(c) for c in "*?[" if c in uri] or [len(uri)])
+    fixed = uri[:cut]
+    if cut < len(uri):  # a glob: only its folder part is fixed
+        fixed = fixed.rsplit("/", 1)[0] if "/" in fixed else ""
+    if "://" in fixed:
+        scheme, rest = fixed.split("://", 1)
+        return scheme.lower(), tuple(p for p in rest.split("/") if p)
+    path = os.path.realpath(fixed or ".")
+    return "", tuple(p for p in path.split(os.sep) if p)
+
+
+def refuse_overlap(output: str, **inputs: str) -> None:
+    """An output that is, holds or lies in an input would delete or mix into that input."""
+    out_scheme, out_parts = _location(output)
+    for flag, uri in inputs.items():
+        if not uri:
+            continue
+        scheme, parts = _location(uri)
+        if scheme != out_scheme:
+            continue
+        shorter = min(len(parts), len(out_parts))
+        if parts[:shorter] == out_parts[:shorter]:
+            where = (
+                "is"
+                if parts == out_parts
+                else "lies inside"
+                if len(out_parts) > len(parts)
+                else "contains"
+            )
+            raise UsageError(
+                f"--output {output} {where} --{flag} {uri}; write to a folder outside it"
+            )
+
+
+@contextlib.contextmanager
+def output_lock(output: str):
+    """Hold the output for a run (transforms.run_lock); a refusal is one clear line."""
+    lock = RunLock(output)
+    try:
+        lock.acquire()
+    except LockError as err:
+        raise SystemExit(str(err)) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def progress(level: str, label: str, units: list[str], total: int | None = None):
+    """What run_and_report shows while a local run lasts (None: quiet)."""
+    if str(level).upper() == "ERROR":
+        return None
+    return (label, units, total)
+
+
+def run_and_report(
+    p: beam.Pipeline,
+    output: str,
+    started: float,
+    cleanup=(),
+    lock: RunLock | None = None,
+    shown=None,
+) -> dict:
     """Run a built pipeline, remove its work folders, print and return its run report.
 
+    `shown` (from `progress`) prints progress on stderr while a local run lasts. The lock
+    is checked again before the work folders go: a run that lost it must not delete them.
     On Dataflow the launcher does not wait (a Flex Template launcher should end once the job
     is submitted): the job writes its own run report; its work folders stay until removed.
     """
@@ -57,8 +131,18 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
 
     from transforms import report
 
-    result = p.run()
-    if "Dataflow" in str(p.options.view_as(StandardOptions).runner or ""):
+    dataflow = "Dataflow" in str(p.options.view_as(StandardOptions).runner or "")
+    reporter = None
+    if shown and not dataflow:
+        reporter = progress_lines.Reporter(*shown).start()
+    try:
+        result = p.run()
+        if not dataflow:
+            result.wait_until_finish()
+    finally:
+        if reporter is not None:
+            reporter.stop(print_last=sys.exc_info()[0] is None)
+    if dataflow:
         submitted = {
             "submitted": True,
             "balanced": True,
@@ -67,7 +151,8 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
         }
         print(json.dumps(submitted, indent=2))
         return submitted
-    result.wait_until_finish()
+    if lock is not None:
+        lock.check()
     for folder in cleanup:
         storage.remove_tree(storage.join(output, folder))
     result = report.read_report(storage.join(output, REPORT))
@@ -76,14 +161,73 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
     return result
 
 
-def main_of(run):
-    """The console entry of a pipeline: exit status 0 only when its report balances."""
+def _one_line(err: BaseException) -> str:
+    """The root cause of an error, on one line (Beam wraps a DoFn's error in its own)."""
+    seen = set()
+    while id(err) not in seen and (err.__cause__ or err.__context__) is not None:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if isinstance(err, OSError) or str(inner) == "":
+            break
+        err = inner
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Beam appends the worker's traceback to the message: keep the error's own line.
+    for line in reversed(lines):
+        if line.startswith(type(err).__name__ + ":") or line.startswith("OSError"):
+            return line.split(" [while running", 1)[0]
+    first = (lines[0] if lines else type(err).__name__).split(" [while running", 1)[0]
+    return first if len(first) < 300 else first[:300] + "..."
+
+
+def main_of(run, pipeline: str = ""):
+    """The console entry of a pipeline: exit status 0 only when its report balances.
+
+    Whatever goes wrong ends in one line on stderr (`biomedica extract: error: ...`) and a
+    non-zero status: 2 for flags, 130 for Ctrl-C, 1 otherwise; --log_level DEBUG adds the
+    traceback.
+    """
+    prog = f"biomedica {pipeline}".strip()
 
     def main(argv=None) -> int:
-        import sys
+        argv = sys.argv[1:] if argv is None else list(argv)
+        level = log_level(argv)
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(level if level in logging._nameToLevel else "WARNING")
+        if level != "DEBUG":
+            # Beam logs a failed bundle's traceback at ERROR before it raises; the raise is
+            # reported below in one line.
+            logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
 
-        logging.getLogger().setLevel(logging.WARNING)
-        result = run(sys.argv[1:] if argv is None else argv)
+        def say(message: str, hint: bool = False) -> None:
+            more = " (--log_level DEBUG shows the traceback)" if hint and level != "DEBUG" else ""
+            sys.stdout.flush()
+            print(f"{prog}: error: {message}{more}", file=sys.stderr, flush=True)
+
+        try:
+            result = run(argv)
+        except UsageError as err:
+            say(err.message)
+            return 2
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+            return 130
+        except SystemExit as err:
+            if isinstance(err.code, str):
+                say(err.code.removeprefix(f"{prog}: "))
+                return 1
+            raise
+        except Exception as err:
+            logging.debug("traceback", exc_info=True)
+            say(_one_line(err), hint=True)
+            return 1
+        if result.get("error"):
+            say(result["error"])
+            return 1
         return 0 if result.get("balanced") or result.get("submitted") else 1
 
     return main

@@ -161,13 +161,19 @@ def run_and_report(
     return result
 
 
+def _wrapper(err: BaseException) -> bool:
+    """Beam re-raises a worker's error with its traceback in the message: not the cause."""
+    text = str(err)
+    return not text.strip() or "Traceback (most recent call last)" in text
+
+
 def _one_line(err: BaseException) -> str:
-    """The root cause of an error, on one line (Beam wraps a DoFn's error in its own)."""
+    """The error itself on one line: the first in its chain that is not a Beam wrapper."""
     seen = set()
-    while id(err) not in seen and (err.__cause__ or err.__context__) is not None:
+    while _wrapper(err) and id(err) not in seen:
         seen.add(id(err))
         inner = err.__cause__ or err.__context__
-        if isinstance(err, OSError) or str(inner) == "":
+        if inner is None:
             break
         err = inner
     if isinstance(err, OSError) and err.strerror:
@@ -175,11 +181,12 @@ def _one_line(err: BaseException) -> str:
     else:
         text = str(err)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # Beam appends the worker's traceback to the message: keep the error's own line.
-    for line in reversed(lines):
-        if line.startswith(type(err).__name__ + ":") or line.startswith("OSError"):
-            return line.split(" [while running", 1)[0]
+    if "Traceback (most recent call last)" in text:
+        # No cleaner error in the chain: the traceback's last line names the error.
+        lines = [line for line in lines if not line.startswith(("File ", "Traceback"))][-1:]
     first = (lines[0] if lines else type(err).__name__).split(" [while running", 1)[0]
+    if not first.startswith(type(err).__name__) and ":" not in first[:40]:
+        first = f"{type(err).__name__}: {first}"
     return first if len(first) < 300 else first[:300] + "..."
 
 
@@ -213,6 +220,10 @@ def main_of(run, pipeline: str = ""):
             say(err.message)
             return 2
         except KeyboardInterrupt:
+            if level != "DEBUG":  # Beam's worker threads then fail too: not news
+                import threading
+
+                threading.excepthook = lambda args: None
             sys.stdout.flush()
             print(f"{prog}: interrupted", file=sys.stderr, flush=True)
             return 130

@@ -97,7 +97,7 @@ def shard_urls(manifest: dict) -> dict[str, str]:
     """{group: the group's shard files as a webdataset brace pattern}: the runs of
     consecutive indexes, several runs joined by `::` (webdataset reads both)."""
     by_folder: dict[str, dict[str, list[int]]] = {}
-    for shard in manifest["shards"]:
+    for shard in manifest.get("shards", []):
         folder, _, name = shard["path"].rpartition("/")
         by_folder.setdefault(shard["group"], {}).setdefault(folder, []).append(shard["index"])
     urls = {}

@@ -28,9 +28,35 @@ def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline
         return test_pipeline
     if options.view_as(StandardOptions).runner:
         return beam.Pipeline(options=options)
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    return beam.Pipeline(runner=_runner(), options=options)
 
-    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+def _runner():
+    """The FnApiRunner, with --direct_running_mode multi_processing workers that end
+    quietly on Ctrl-C instead of each printing a traceback: each runs in the background of
+    a shell (so ignores SIGINT, and Python keeps that), which ends it with SIGTERM (no
+    traceback) when Ctrl-C reaches the shell; the launcher reports it in one line."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    class Runner(FnApiRunner):
+        @property
+        def _default_environment(self):
+            return self._environment
+
+        @_default_environment.setter
+        def _default_environment(self, environment):
+            command = getattr(environment, "command_string", "")
+            if isinstance(environment, SubprocessSDKEnvironment) and command.endswith(
+                "-m apache_beam.runners.worker.sdk_worker_main"
+            ):
+                environment = SubprocessSDKEnvironment.from_command_string(
+                    f"{command} & pid=$!; trap 'kill -TERM $pid' INT TERM; wait $pid; s=$?; "
+                    "[ $s -gt 128 ] && wait $pid 2>/dev/null; exit $s"
+                )
+            self._environment = environment
+
+    return Runner()
 
 
 def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]) -> None:
@@ -190,6 +216,23 @@ def _one_line(err: BaseException) -> str:
     return first if len(first) < 300 else first[:300] + "..."
 
 
+def _quiet_interrupted_workers(level: str) -> None:
+    """On Ctrl-C each multi_processing worker ends (130: SIGINT, 143: SIGTERM, see _runner)
+    and Beam's thread watching it raises: the launcher's one line says it all."""
+    import threading
+
+    previous = threading.excepthook
+
+    def hook(args):
+        text = str(args.exc_value)
+        if level != "DEBUG" and text.startswith("Worker subprocess exited with return code"):
+            if text.rsplit(" ", 1)[-1] in ("130", "143", "-2", "-15"):
+                return
+        previous(args)
+
+    threading.excepthook = hook
+
+
 def main_of(run, pipeline: str = ""):
     """The console entry of a pipeline: exit status 0 only when its report balances.
 
@@ -214,16 +257,13 @@ def main_of(run, pipeline: str = ""):
             sys.stdout.flush()
             print(f"{prog}: error: {message}{more}", file=sys.stderr, flush=True)
 
+        _quiet_interrupted_workers(level)
         try:
             result = run(argv)
         except UsageError as err:
             say(err.message)
             return 2
         except KeyboardInterrupt:
-            if level != "DEBUG":  # Beam's worker threads then fail too: not news
-                import threading
-
-                threading.excepthook = lambda args: None
             sys.stdout.flush()
             print(f"{prog}: interrupted", file=sys.stderr, flush=True)
             return 130

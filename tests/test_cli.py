@@ -253,19 +253,22 @@ def test_full_disk_one_line_and_no_corrupt_file(corpus, tmp_path):
     assert not (out / LOCK_FILE).exists()
 
 
-def test_ctrl_c_exits_130_with_one_line(corpus, tmp_path):
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_ctrl_c_exits_130_with_one_line(mode, corpus, tmp_path):
     out = tmp_path / "out"
+    argv = ["--source", str(corpus), "--output", str(out), "--direct_running_mode", mode]
     running = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.extract", "--source", str(corpus), "--output", str(out)],
+        [sys.executable, "-m", "pipelines.extract", *argv, "--direct_num_workers", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), progress.INTERVAL: "0.1"},
+        start_new_session=True,
     )
     first = running.stderr.readline()  # the run has started: progress shows
     assert PROGRESS.match(first), first
-    running.send_signal(signal.SIGINT)
+    os.killpg(running.pid, signal.SIGINT)  # as a terminal does: to every process of the job
     _, err = running.communicate(timeout=120)
     assert running.returncode == 130
     assert error_lines(err) == ["biomedica extract: interrupted"]

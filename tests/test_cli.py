@@ -19,7 +19,7 @@ import pytest
 from pipelines import cli
 from pipelines.options import OPTIONS_OF, parse
 from pipelines.runner import refuse_overlap
-from transforms import progress
+from transforms import progress, storage
 from transforms.pmc.sample_corpus import generate_corpus
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.run_lock import LOCK_FILE, LockError, RunLock
@@ -598,3 +598,18 @@ def test_stale_lock_of_a_killed_run_taken_over(corpus, tmp_path, capsys):
     )
     assert code == 0, err
     assert not (out / LOCK_FILE).exists()
+
+
+def test_lock_on_gcs():
+    from conftest import gcs_emulator
+
+    with gcs_emulator("locks"):
+        output = "gs://locks/run"
+        first = RunLock(output)
+        with first:
+            with pytest.raises(LockError, match=f"in use by run {first.run_id}"):
+                RunLock(output).acquire()
+            first.check()
+        with RunLock(output):  # released: free again
+            pass
+        assert not storage.exists(f"{output}/{LOCK_FILE}")

@@ -249,8 +249,11 @@ def main_of(run, pipeline: str = ""):
         logging.getLogger().setLevel(level if level in logging._nameToLevel else "WARNING")
         if level != "DEBUG":
             # Beam logs a failed bundle's traceback at ERROR before it raises; the raise is
-            # reported below in one line.
-            logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+            # reported below in one line. Its warnings stay.
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(
+                    lambda r: not (r.name.startswith("apache_beam") and r.levelno >= logging.ERROR)
+                )
 
         def say(message: str, hint: bool = False) -> None:
             more = " (--log_level DEBUG shows the traceback)" if hint and level != "DEBUG" else ""

@@ -233,7 +233,8 @@ def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> d
     if out == 0 and not result.get("submitted"):
         message = f"nothing written: {why}"
         if allow_empty:
-            print(f"biomedica: {message} (--allow_empty)", file=sys.stderr)
+            pipeline = result.get("pipeline", stage)
+            print(f"biomedica {pipeline}: {message} (--allow_empty)", file=sys.stderr)
         else:
             result["error"] = f"{message}; pass --allow_empty if that is expected"
     return result

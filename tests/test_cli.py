@@ -155,6 +155,13 @@ def test_unknown_flags_refused_with_a_suggestion(argv, message, capsys):
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_unknown_pipeline_refused_with_a_suggestion(capsys):
+    code, _, err = main(["extrat", "--source", "x"], capsys)
+    assert (
+        code == 2 and err == "biomedica: error: unknown pipeline 'extrat'; did you mean extract?\n"
+    )
+
+
 def test_beam_flags_still_pass():
     argv = [
         "--runner", "DirectRunner", "--project", "p", "--temp_location", "/tmp/t",
@@ -339,6 +346,19 @@ def test_subset_selecting_nothing_fails_unless_allowed(dataset, tmp_path, capsys
     )
     assert code == 0 and "nothing written" in err
     assert json.loads(out)["stages"]["subset"]["out"] == 0
+
+
+def test_shard_of_an_empty_input_fails_unless_allowed(tmp_path, capsys):
+    from transforms.records import FIGURE_SCHEMA
+
+    figures = tmp_path / "run" / "extract" / "figures"
+    figures.mkdir(parents=True)
+    pq.write_table(FIGURE_SCHEMA.empty_table(), figures / "part-0.parquet")
+    argv = ["shard", "--input", str(tmp_path / "run"), "--log_level", "ERROR"]
+    code, _, err = main([*argv, "--output", str(tmp_path / "a")], capsys)
+    assert code == 1 and "nothing written: the input holds no figure sample" in err
+    code, _, err = main([*argv, "--output", str(tmp_path / "b"), "--allow_empty"], capsys)
+    assert code == 0 and "biomedica shard: nothing written" in err
 
 
 # ---- 5. progress ---------------------------------------------------------------------------

@@ -82,12 +82,14 @@ def parse(
     beam: bool = True,
     foreign: dict[str, str] | None = None,
     description: str = "",
+    signed: frozenset[str] = frozenset(),
 ) -> argparse.Namespace:
     """Check argv against the pipeline's flags (and Beam's); the namespace of ours.
 
     `add_flags(parser)` adds the pipeline's own flags. --help prints ours, --help_beam Beam's;
     both exit 0. Unknown flags, bad values and negative numbers raise UsageError.
-    `foreign` maps flags of the other pipelines to their names, for a clearer refusal.
+    `foreign` maps flags of the other pipelines to their names, for a clearer refusal;
+    `signed` names the numeric flags that may be negative (their stage checks the range).
     """
     prog = f"biomedica {pipeline}"
     ours = _Parser(
@@ -129,6 +131,8 @@ def parse(
     for action in ours._actions:
         value = getattr(known, action.dest, None)
         if action.type in (int, float) and value is not None and value < 0:
+            if signed & set(action.option_strings):
+                continue
             raise UsageError(f"{action.option_strings[-1]} must not be negative, not {value}")
     return known
 

@@ -66,6 +66,9 @@ class SubsetOptions(PipelineOptions):
         )
 
 
+# Numeric flags where a negative value means something (-1: exact duplicates only).
+SIGNED = frozenset({"--near_duplicate_threshold"})
+
 OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
     "shard": (InputOptions, ShardOptions, RunOptions),
@@ -93,4 +96,4 @@ def parse(pipeline: str, argv: list[str], description: str = ""):
         for cls in classes:
             for flag in option_strings(cls) - mine:
                 foreign.setdefault(flag, f"biomedica {other}")
-    return flags.parse(pipeline, argv, add, foreign=foreign, description=description)
+    return flags.parse(pipeline, argv, add, foreign=foreign, description=description, signed=SIGNED)

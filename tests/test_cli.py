@@ -170,6 +170,7 @@ def test_beam_flags_still_pass():
         "--experiments", "a", "--experiments", "b", "--source", "x",
     ]  # fmt: skip
     assert parse("extract", argv).source == "x"
+    assert parse("extract", ["--near_duplicate_threshold", "-1"]).near_duplicate_threshold == -1
 
 
 # ---- 3. bad values and failures: one line, a non-zero status ---------------------------
@@ -181,6 +182,8 @@ def test_beam_flags_still_pass():
         (["--modified_since", "yesterday"], "not an ISO 8601 date"),
         (["--license_groups", "noncomercial"], "unknown license group"),
         (["--min_side", "-1"], "--min_side must not be negative"),
+        (["--max_image_bytes", "-5"], "--max_image_bytes must not be negative"),
+        (["--near_duplicate_threshold", "-2"], "between -1 and 16"),
         (["--max_pixels", "lots"], "invalid int value"),
         (["--log_level", "loud"], "invalid choice"),
     ],

@@ -96,4 +96,6 @@ def parse(pipeline: str, argv: list[str], description: str = ""):
         for cls in classes:
             for flag in option_strings(cls) - mine:
                 foreign.setdefault(flag, f"biomedica {other}")
+    # The module's summary and usage example; the rest of its docstring is for developers.
+    description = "\n\n".join(description.strip().split("\n\n")[:2])
     return flags.parse(pipeline, argv, add, foreign=foreign, description=description, signed=SIGNED)

@@ -582,6 +582,9 @@ def test_lock_taken_over_when_stale(tmp_path, caplog):
     _lock(tmp_path, host="elsewhere", heartbeat=time.time() - 3600)
     with RunLock(str(tmp_path)):
         pass
+    (tmp_path / LOCK_FILE).write_text("{not json")  # a lock nobody can read protects nothing
+    with RunLock(str(tmp_path)):
+        pass
     _lock(tmp_path, host="elsewhere", pid=1)  # live elsewhere: a pid here says nothing
     with pytest.raises(LockError, match="other-run"):
         RunLock(str(tmp_path)).acquire()

@@ -3,7 +3,8 @@
     biomedica extract --source s3://pmc-oa-opendata --output gs://bucket/run [beam flags]
 
 Writes under --output: extract/articles/*.parquet, extract/figures/*.parquet (one row per
-figure sample), extract/duplicates/*.parquet, dead_letter/*.jsonl and run_report.json.
+figure sample), extract/duplicates/*.parquet, dead_letter/*.jsonl, filtered/*.jsonl and
+run_report.json.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from pipelines.runner import (
 from transforms import report, storage
 from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.images.dedupe import Dedupe
-from transforms.outcomes import DEAD, FILTERED, LISTED
-from transforms.pmc.discover import Discover
+from transforms.outcomes import DEAD, FILTERED, LISTED, NOTED
+from transforms.pmc.discover import Discover, source_is_empty
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_SCHEMA
 from transforms.sinks import WriteDeadLetters, WriteTable, WriteTableWithout
 
-OUTPUT_DIRS = ["extract", "dead_letter"]
+OUTPUT_DIRS = ["extract", "dead_letter", "filtered"]
+# Counted only: a --pmcids run over all of PMC would write a line per article not asked for.
+_UNWRITTEN_FILTERS = frozenset({"pmcid_not_requested"})
 
 
 def _source_required(options: ExtractOptions, run_options: RunOptions) -> None:
@@ -48,9 +51,11 @@ def _source_required(options: ExtractOptions, run_options: RunOptions) -> None:
         raise UsageError("missing " + ", ".join(f"--{m}" for m in missing))
 
 
-def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
+def build(
+    p: beam.Pipeline, options: ExtractOptions, out: str, discover: Discover | None = None
+) -> None:
     """Wire the stages; every transform below owns its flags and its checks."""
-    discover = Discover.from_args(options)
+    discover = discover or Discover.from_args(options)
     extract = ExtractArticles.from_args(options, discover.s3, discover.selection)
     dedupe = Dedupe.from_args(options)
 
@@ -72,6 +77,12 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
     )
     dead_letters = (found[DEAD], extracted[DEAD]) | "AllDead" >> beam.Flatten()
     dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(out, "dead_letter"))
+    left_out = (found[FILTERED], extracted[FILTERED]) | "AllFiltered" >> beam.Flatten()
+    (
+        left_out
+        | "Written" >> beam.Filter(lambda f: f.reason not in _UNWRITTEN_FILTERS)
+        | "WriteFiltered" >> WriteDeadLetters(storage.join(out, "filtered"), "filtered")
+    )
 
     counts = (
         found[LISTED] | "DiscoverIn" >> report.ones("discover.in"),
@@ -87,9 +98,8 @@ def build(p: beam.Pipeline, options: ExtractOptions, out: str) -> None:
         deduped["duplicates"]
         | "DedupeKinds" >> beam.Map(lambda d: (f"dedupe.duplicates_by_kind.{d.kind}", 1)),
         dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
-        (found[FILTERED], extracted[FILTERED])
-        | "AllFiltered" >> beam.Flatten()
-        | "FilteredCounts" >> beam.FlatMap(report.filtered_counts),
+        left_out | "FilteredCounts" >> beam.FlatMap(report.filtered_counts),
+        found[NOTED] | "Noted" >> beam.Map(lambda note: (f"{note[0]}.{note[1]}", 1)),
     )
     header = {
         "pipeline": "extract",
@@ -128,15 +138,58 @@ def run(argv=None, test_pipeline=None) -> dict:
     _source_required(extract_options, run_options)
     refuse_overlap(run_options.output, source=extract_options.source)
     options.view_as(SetupOptions).save_main_session = False
+    # Before the output is touched: flag values a stage refuses (dates, license groups);
+    # naming the layout may refuse the source.
+    try:
+        discover = Discover.from_args(extract_options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not discover.allow_empty and source_is_empty(
+        discover.source, discover.layout, discover.s3, discover.inventory
+    ):
+        raise SystemExit(
+            f"biomedica extract: --source {discover.source} does not exist or holds no files"
+            " (pass --allow_empty to run on it anyway)"
+        )
     p = make_pipeline(options, test_pipeline)
-    try:  # builds the graph only (stages read their flags and the source's layout)
-        build(p, extract_options, run_options.output)
-    except ValueError as err:  # a flag value a stage refuses (dates, license groups)
+    try:  # builds the graph only
+        build(p, extract_options, run_options.output, discover)
+    except ValueError as err:
         raise UsageError(str(err)) from None
     with output_lock(run_options.output) as lock:
         prepare_output(run_options.output, REPORT, run_options.overwrite, OUTPUT_DIRS)
         shown = progress(run_options.log_level, "extract", ["articles", "figures"])
-        return run_and_report(p, run_options.output, time.time(), ["extract/_staging"], lock, shown)
+        result = run_and_report(
+            p, run_options.output, time.time(), ["extract/_staging"], lock, shown
+        )
+    return _check_found(result, discover)
+
+
+def _check_found(result: dict, discover: Discover) -> dict:
+    """An empty discovery is an error, unless asked for (--allow_empty) or incremental: a
+    --modified_since run that found versions but none new says so and succeeds."""
+    stage = result.get("stages", {}).get("discover")
+    if discover.allow_empty or stage is None or stage.get("out"):
+        return result
+    source = f"--source {discover.source} (layout {discover.layout})"
+    if not stage.get("in"):
+        raise SystemExit(
+            f"biomedica extract: nothing found at {source}; pass --allow_empty to accept it"
+        )
+    since = discover.selection.modified_since
+    if since:
+        result["note"] = f"nothing new since {since}: {stage['in']} found, none selected"
+        print(f"biomedica extract: {result['note']}", file=sys.stderr)
+        return result
+    why = ", ".join(
+        f"{reason} {n}"
+        for by in ("filtered_by_reason", "dead_letter_by_reason")
+        for reason, n in sorted(stage.get(by, {}).items())
+    )
+    raise SystemExit(
+        f"biomedica extract: nothing selected at {source}: {stage['in']} found ({why});"
+        " pass --allow_empty to accept it"
+    )
 
 
 main = main_of(run, "extract")

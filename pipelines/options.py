@@ -26,11 +26,6 @@ class RunOptions(PipelineOptions):
         group.add_argument(
             "--overwrite", action="store_true", help="replace whatever another run left in --output"
         )
-        group.add_argument(
-            "--allow_empty",
-            action="store_true",
-            help="a run that selects nothing ends with status 0 (it is an error otherwise)",
-        )
         flags.add_log_level(group)
 
 
@@ -66,13 +61,26 @@ class SubsetOptions(PipelineOptions):
         )
 
 
+class AllowEmpty:
+    """shard and subset take extract's --allow_empty (a Beam flag may be defined once: it is
+    Discover's, read as options.view_as(ExtractOptions).allow_empty)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument_group("nothing written").add_argument(
+            "--allow_empty",
+            action="store_true",
+            help="a run that writes no sample ends with status 0 (it is an error otherwise)",
+        )
+
+
 # Numeric flags where a negative value means something (-1: exact duplicates only).
 SIGNED = frozenset({"--near_duplicate_threshold"})
 
 OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
-    "shard": (InputOptions, ShardOptions, RunOptions),
-    "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions),
+    "shard": (InputOptions, ShardOptions, RunOptions, AllowEmpty),
+    "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
 }
 
 

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import InputOptions, RunOptions, ShardOptions
+from pipelines.options import ExtractOptions, InputOptions, RunOptions, ShardOptions
 from pipelines.runner import (
     REPORT,
     main_of,
@@ -224,7 +224,12 @@ def run(argv=None, test_pipeline=None) -> dict:
         )
         shown = progress(opts.log_level, "shard", ["samples", "shards"], rows)
         result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
-    return nothing_selected(result, STAGE, "the input holds no figure sample", opts.allow_empty)
+    return nothing_selected(
+        result,
+        STAGE,
+        "the input holds no figure sample",
+        options.view_as(ExtractOptions).allow_empty,
+    )
 
 
 def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import InputOptions, RunOptions, SubsetOptions
+from pipelines.options import ExtractOptions, InputOptions, RunOptions, SubsetOptions
 from pipelines.runner import (
     main_of,
     make_pipeline,
@@ -93,7 +93,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         shown = progress(opts.log_level, "subset", ["samples", "shards"])
         result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
     why = f"--where matched none of the {rows:,} samples of {source}"
-    return nothing_selected(result, STAGE, why, opts.allow_empty)
+    return nothing_selected(result, STAGE, why, options.view_as(ExtractOptions).allow_empty)
 
 
 main = main_of(run, "subset")

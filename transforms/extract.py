@@ -8,6 +8,7 @@ the FIGURE_SCHEMA layout), dead letters for articles and for figures, filter rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class _Bundle:
     xml: bytes
     xml_source: str
     media_names: list[str]
-    inline_media: dict[str, bytes] | None = None  # packages are read whole
+    package: legacy.Package | None = None  # a package's images, each read when asked for
     media_root: str = ""
     note: str = ""  # e.g. why a package ended early
 
@@ -52,6 +53,7 @@ class ImageLimits:
     max_pixels: int = checks.MAX_PIXELS
     max_bytes: int = checks.MAX_BYTES
     max_xml_bytes: int = parse.DEFAULT_MAX_XML_BYTES
+    max_archive_bytes: int = legacy.DEFAULT_MAX_ARCHIVE_BYTES
 
 
 class _ExtractArticle(beam.DoFn):
@@ -71,12 +73,18 @@ class _ExtractArticle(beam.DoFn):
         if ref.source_kind == "oa-package":
             try:
                 with storage.open_stream(ref.location, self.s3) as stream:
-                    package = legacy.read_package(stream)
+                    package = legacy.read_package(
+                        stream,
+                        self.limits.max_archive_bytes,
+                        self.limits.max_xml_bytes,
+                        self.limits.max_bytes,
+                    )
             except storage.StorageError as err:
                 raise FetchError("archive_unreadable", str(err)) from None
             except legacy.PackageError as err:
                 raise FetchError(err.reason, err.detail) from None
             if package.xml is None:
+                package.close()
                 why = (
                     f"archive truncated ({package.truncated})"
                     if package.truncated
@@ -88,12 +96,14 @@ class _ExtractArticle(beam.DoFn):
                 package.xml,
                 f"{ref.location}::{package.xml_name}",
                 sorted(package.media),
-                inline_media=package.media,
+                package=package,
                 note=note,
             )
         xml_uri = storage.join(ref.location, ref.xml_name)
         try:
             xml = storage.read_bytes(xml_uri, self.s3, self.limits.max_xml_bytes)
+        except storage.TooLarge as err:
+            raise FetchError("xml_too_large", f"{ref.xml_name}: {err}") from None
         except storage.StorageError as err:
             raise FetchError("xml_unreadable", str(err)) from None
         names = list(ref.media)
@@ -102,8 +112,13 @@ class _ExtractArticle(beam.DoFn):
         return _Bundle(xml, xml_uri, names, media_root=ref.location)
 
     def _media(self, bundle: _Bundle, name: str) -> tuple[bytes, str]:
-        if bundle.inline_media is not None:
-            return bundle.inline_media[name], f"{bundle.xml_source.split('::')[0]}::{name}"
+        """(bytes, where from); storage.TooLarge over --max_image_bytes, unread."""
+        if bundle.package is not None:
+            try:
+                data = bundle.package.media[name]
+            except legacy.MemberTooLarge as err:
+                raise storage.TooLarge(err.size, err.limit) from None
+            return data, f"{bundle.xml_source.split('::')[0]}::{name}"
         uri = storage.join(bundle.media_root, name)
         return storage.read_bytes(uri, self.s3, self.limits.max_bytes), uri
 
@@ -111,34 +126,58 @@ class _ExtractArticle(beam.DoFn):
 
     def process(self, ref: ArticleRef):
         yield listed(ARTICLES)
+        name = _name(ref)
         try:
             bundle = self._fetch(ref)
         except FetchError as err:
-            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, ref.location)
+            yield dead(ARTICLES, name, err.reason, err.detail, ref.location)
             return
+        try:
+            yield from self._articles(ref, name, bundle)
+        finally:
+            if bundle.package is not None:
+                bundle.package.close()  # its images' spill file goes now, not when collected
+
+    def _articles(self, ref: ArticleRef, name: str, bundle: _Bundle):
         try:
             parsed = parse.parse_articles(bundle.xml, self.limits.max_xml_bytes)
         except parse.JatsError as err:
-            yield dead(ARTICLES, ref.key or ref.location, err.reason, err.detail, bundle.xml_source)
+            yield dead(ARTICLES, name, err.reason, err.detail, bundle.xml_source)
             return
-        if ref.pmcid and len(parsed) > 1:
-            parsed = [p for p in parsed if p.article.article_accession_id == ref.pmcid] or parsed
         for _ in parsed[1:]:
             yield listed(ARTICLES)  # an <articles> wrapper: each article counts as one in
-        for item in parsed:
-            disagreement = _disagreement(ref, item.article)
+        described = _described(ref, parsed)
+        seen: set[str] = set()
+        for index, item in enumerate(parsed):
+            # The listing describes one article of the file; the others stand on their own XML.
+            own = ref if index in described else _own_ref(ref, item.article, index)
+            name = own.key if own is not ref and own.pmcid else _name(ref)
+            if (own is not ref and not own.pmcid) or len(described) > 1:
+                name = f"{_name(ref)}#{index + 1}"
+            disagreement = _disagreement(own, item.article)
             if disagreement:
+                yield dead(ARTICLES, name, "metadata_xml_mismatch", disagreement, bundle.xml_source)
+                continue
+            article = _merge(own, item.article, bundle)
+            prefix = article.article_accession_id or _fallback_prefix(own)
+            if prefix in seen:
                 yield dead(
-                    ARTICLES, ref.key, "metadata_xml_mismatch", disagreement, bundle.xml_source
+                    ARTICLES,
+                    name,
+                    "duplicate_article",
+                    f"the file holds {prefix} more than once; the first is kept",
+                    bundle.xml_source,
                 )
                 continue
-            article = _merge(ref, item.article, bundle)
-            reason = self.selection.license_reason(article.article_license)
+            seen.add(prefix)
+            reason = (own is not ref and self.selection.reason(own)) or (
+                self.selection.license_reason(article.article_license)
+            )
             if reason:
-                yield filtered(ARTICLES, reason)
+                yield filtered(ARTICLES, reason, name, source=bundle.xml_source)
                 continue
             yield article
-            yield from self._figures(ref, article, item.graphics, bundle)
+            yield from self._figures(own, article, item.graphics, bundle)
             progress.tick("articles")  # stderr progress of a local run
             progress.tick("figures", article.article_figure_count)
 
@@ -168,6 +207,10 @@ class _ExtractArticle(beam.DoFn):
                 continue
             try:
                 data, source = self._media(bundle, name)
+            except storage.TooLarge as err:
+                where = bundle.media_root or bundle.xml_source
+                yield dead(FIGURES, key, "image_too_large", f"{name}: {err}", where)
+                continue
             except (storage.StorageError, KeyError) as err:
                 yield dead(
                     FIGURES,
@@ -211,8 +254,50 @@ class _ExtractArticle(beam.DoFn):
 
 
 def _fallback_prefix(ref: ArticleRef) -> str:
+    if ref.key_prefix:
+        return parse.safe_key_part(ref.key_prefix)
     base = posixpath.basename(ref.location.rstrip("/")).split("::")[0]
     return parse.safe_key_part(re.sub(r"\.(tar\.gz|tgz)$", "", base))
+
+
+def _name(ref: ArticleRef) -> str:
+    """The key of an article's dead letters: its version, else where its XML lies."""
+    if ref.key:
+        return ref.key
+    return storage.join(ref.location, ref.xml_name) if ref.source_kind == "folder" else ref.location
+
+
+def _described(ref: ArticleRef, parsed) -> set[int]:
+    """Indexes of the articles the listing describes: the one whose PMCID it names.
+
+    A file of one article is described whatever it says (a mismatch is a dead letter); in a
+    wrapper naming no article of the listing's id, every article is checked against it.
+    """
+    if len(parsed) == 1 or not ref.pmcid:
+        return {0}
+    ids = [p.article.article_accession_id for p in parsed]
+    if ref.pmcid in ids:
+        return {ids.index(ref.pmcid)}
+    return set(range(len(parsed)))
+
+
+def _own_ref(ref: ArticleRef, article: Article, index: int) -> ArticleRef:
+    """A ref for another article of the same file: where it lies, none of the listing's
+    metadata (license, citation, ids, retracted belong to the article the listing names)."""
+    base = ref.key_prefix or _fallback_prefix(ref)
+    return dataclasses.replace(
+        ref,
+        pmcid=article.article_accession_id,
+        version=None,
+        pmid="",
+        doi="",
+        citation="",
+        license_code="",
+        retracted=False,
+        metadata_uri="",
+        key_prefix=f"{base}_{index + 1}",
+        warnings=ref.warnings if ref.source_kind == "folder" else (*ref.warnings, "not_in_listing"),
+    )
 
 
 def _disagreement(ref: ArticleRef, article: Article) -> str:
@@ -245,8 +330,9 @@ def _merge(ref: ArticleRef, article: Article, bundle: _Bundle) -> Article:
     article.article_retracted = ref.retracted
     article.source_kind = ref.source_kind
     article.source_location = bundle.xml_source
-    if bundle.note:
-        article.article_parse_warnings = [*article.article_parse_warnings, bundle.note]
+    notes = [bundle.note] if bundle.note else []
+    if notes or ref.warnings:
+        article.article_parse_warnings = [*article.article_parse_warnings, *notes, *ref.warnings]
     return article
 
 
@@ -263,6 +349,11 @@ class ExtractArticles(beam.PTransform):
         super().__init__()
         if self.limits.min_side < 1 or self.limits.max_pixels < 1:
             raise ValueError("--min_side and --max_pixels must be positive")
+        limits = self.limits
+        if min(limits.max_bytes, limits.max_xml_bytes, limits.max_archive_bytes) < 1:
+            raise ValueError(
+                "--max_image_bytes, --max_xml_bytes, --max_archive_bytes must be positive"
+            )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,11 +372,21 @@ class ExtractArticles(beam.PTransform):
         )
         group.add_argument("--max_image_bytes", type=int, default=checks.MAX_BYTES)
         group.add_argument("--max_xml_bytes", type=int, default=parse.DEFAULT_MAX_XML_BYTES)
+        group.add_argument(
+            "--max_archive_bytes",
+            type=int,
+            default=legacy.DEFAULT_MAX_ARCHIVE_BYTES,
+            help="uncompressed bytes read from one oa_package at most (archive_too_large past it)",
+        )
 
     @classmethod
     def from_args(cls, args, s3: storage.S3Config, selection: Selection) -> ExtractArticles:
         limits = ImageLimits(
-            args.min_side, args.max_pixels, args.max_image_bytes, args.max_xml_bytes
+            args.min_side,
+            args.max_pixels,
+            args.max_image_bytes,
+            args.max_xml_bytes,
+            args.max_archive_bytes,
         )
         return cls(s3=s3, selection=selection, limits=limits, versioned_keys=args.all_versions)
 

@@ -34,6 +34,11 @@ class ArticleRef:
     retracted: bool = False
     last_modified: str = ""  # ISO 8601
     metadata_uri: str = ""  # where the listing metadata came from
+    # What the listing could not vouch for (e.g. "no_file_list"): added to the article's
+    # parse warnings, so an unverified license or retracted flag says so.
+    warnings: tuple[str, ...] = ()
+    # Sample key prefix where the XML names no PMCID (one of several XMLs in a folder).
+    key_prefix: str = ""
 
     @property
     def key(self) -> str:
@@ -112,6 +117,17 @@ class DeadLetter:
     stage: str
     key: str
     reason: str  # short, stable code, e.g. "xml_malformed", "image_too_small"
+    detail: str = ""
+    source: str = ""
+
+
+@dataclass
+class Filtered:
+    """A record a filter left out on purpose: why, and where to find it."""
+
+    stage: str
+    key: str
+    reason: str  # short, stable code, e.g. "superseded_version", "duplicate_version"
     detail: str = ""
     source: str = ""
 

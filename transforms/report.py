@@ -35,7 +35,8 @@ def dead_letter_counts(dead_letter) -> list[tuple[str, int]]:
 
 
 def filtered_counts(item) -> list[tuple[str, int]]:
-    stage, reason = item
+    # A Filtered record, or a bare (stage, reason) pair.
+    stage, reason = (item.stage, item.reason) if hasattr(item, "reason") else item
     return [(f"{stage}.filtered", 1), (f"{stage}.filtered_by_reason.{reason}", 1)]
 
 

@@ -126,9 +126,11 @@ class _WriteBundles(beam.DoFn):
 
 @dataclass
 class WriteDeadLetters(beam.PTransform):
-    """Dead letters to `<directory>/dead_letters-*.jsonl`, one JSON object a line."""
+    """Dead letters to `<directory>/dead_letters-*.jsonl`, one JSON object a line (any record
+    dataclass: filtered records use it with `name="filtered"`)."""
 
     directory: str
+    name: str = "dead_letters"
 
     def __post_init__(self):
         super().__init__()
@@ -140,7 +142,7 @@ class WriteDeadLetters(beam.PTransform):
             >> beam.Map(lambda d: json.dumps(as_row(d), ensure_ascii=False, sort_keys=True))
             | "Lines"
             >> beam.io.WriteToText(
-                storage.join(self.directory, "dead_letters"), file_name_suffix=".jsonl"
+                storage.join(self.directory, self.name), file_name_suffix=".jsonl"
             )
         )
 

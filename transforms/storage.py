@@ -124,8 +124,24 @@ class StorageError(Exception):
     pass
 
 
+class TooLarge(StorageError):
+    """An object over the size bound it was read with: refused, its bytes not returned."""
+
+    def __init__(self, size: int | None, limit: int):
+        said = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"{said} > limit {limit}")
+        self.size, self.limit = size, limit
+
+
+def _size(uri: str) -> int | None:
+    try:
+        return FileSystems.match([uri])[0].metadata_list[0].size_in_bytes
+    except Exception:
+        return None
+
+
 def read_bytes(uri: str, s3: S3Config = S3Config(), max_bytes: int | None = None) -> bytes:
-    """The whole object; StorageError if it is missing or larger than max_bytes."""
+    """The whole object; StorageError if it is missing, TooLarge if larger than max_bytes."""
     try:
         if is_s3(uri):
             bucket, key = split_s3(uri)
@@ -133,15 +149,25 @@ def read_bytes(uri: str, s3: S3Config = S3Config(), max_bytes: int | None = None
             size = response.get("ContentLength")
             if max_bytes is not None and size is not None and size > max_bytes:
                 response["Body"].close()
-                raise StorageError(f"{size} bytes > limit {max_bytes}")
-            return response["Body"].read()
+                raise TooLarge(size, max_bytes)
+            if max_bytes is None:
+                return response["Body"].read()
+            data = response["Body"].read(max_bytes + 1)  # a length the server did not say
+            if len(data) > max_bytes:
+                response["Body"].close()
+                raise TooLarge(size, max_bytes)
+            return data
+        if max_bytes is not None and "://" not in uri and os.path.isfile(uri):
+            size = os.path.getsize(uri)  # refused before any byte is read
+            if size > max_bytes:
+                raise TooLarge(size, max_bytes)
         _gcs(uri)
         with FileSystems.open(uri, compression_type="uncompressed") as handle:
             if max_bytes is None:
                 return handle.read()
             data = handle.read(max_bytes + 1)
             if len(data) > max_bytes:
-                raise StorageError(f"more than {max_bytes} bytes")
+                raise TooLarge(_size(uri), max_bytes)
             return data
     except StorageError:
         raise

@@ -1,7 +1,8 @@
 """Figure image checks and normalization: pure, Beam-free.
 
-A valid baseline JPEG in RGB or grayscale is kept byte for byte; everything else (PNG,
-GIF, TIFF, CMYK or 16-bit sources) is decoded once and re-encoded as JPEG. The decode check
+A valid baseline JPEG in RGB or grayscale, stored upright, is kept byte for byte; everything
+else (PNG, GIF, TIFF, CMYK or 16-bit sources, and any image whose EXIF orientation says it is
+stored turned or mirrored) is decoded once, turned upright, and re-encoded as JPEG. The decode check
 runs in JPEG draft mode (DCT scaling), which reads every entropy-coded byte, so truncated or
 corrupt files fail, at a fraction of the cost of a full decode; the perceptual hash comes
 from that same reduced image.
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from transforms.errors import Rejected
 
@@ -30,6 +32,17 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _KEEP_JPEG_MODES = ("RGB", "L")
+_ORIENTATION = 0x0112  # the EXIF tag; values 2-8 say how the stored pixels are turned
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 
 
 class ImageRejected(Rejected):
@@ -46,6 +59,7 @@ class CheckedImage:
     converted: bool
     sha256: str
     phash: str
+    warnings: list[str] = field(default_factory=list)  # e.g. an EXIF block that was ignored
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -96,6 +110,27 @@ def _to_8bit_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def describe(err: Exception) -> str:
+    """An error as stable text: no memory addresses (PIL names its BytesIO by address)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image format Pillow reads"
+    return _ADDRESS.sub("", f"{type(err).__name__}: {err}")
+
+
+def _orientation(image: Image.Image) -> tuple[int, str]:
+    """(EXIF orientation, warning): 1 (as stored) where there is none or it cannot be read."""
+    try:
+        exif = image.getexif()
+        value = exif.get(_ORIENTATION, 1)
+    except Exception as err:
+        return 1, f"exif_unreadable: {describe(err)}; orientation taken as stored"
+    if not exif and image.info.get("exif"):  # Pillow drops a garbage block without a word
+        return 1, "exif_unreadable: an EXIF block with no readable tag; orientation taken as stored"
+    if isinstance(value, int) and (value == 1 or value in _UPRIGHT):
+        return int(value), ""
+    return 1, f"exif_orientation_invalid: {str(value)[:40]!r}; taken as stored"
+
+
 def check_image(
     data: bytes,
     min_side: int = MIN_SIDE,
@@ -115,7 +150,7 @@ def check_image(
             source_format = image.format or ""
             source_mode = image.mode
     except Exception as err:
-        raise ImageRejected("image_unreadable", f"{type(err).__name__}: {err}") from None
+        raise ImageRejected("image_unreadable", describe(err)) from None
     if width * height > max_pixels:
         raise ImageRejected("image_too_large", f"{width}x{height} > {max_pixels} pixels")
     if min(width, height) < min_side:
@@ -124,7 +159,8 @@ def check_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if keep:
+            orientation, warning = _orientation(image) if keep else (1, "")
+            if keep and orientation == 1:
                 # Full entropy decode at 1/8 scale: catches truncation and corrupt scans.
                 image.draft(source_mode, (max(1, width // 8), max(1, height // 8)))
                 image.load()
@@ -137,27 +173,34 @@ def check_image(
                     converted=False,
                     sha256=hashlib.sha256(data).hexdigest(),
                     phash=phash(image),
+                    warnings=[warning] if warning else [],
                 )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # animated GIF/multi-page TIFF: the first frame is the figure
             image.load()
+            orientation, warning = _orientation(image)  # after load: a PNG's eXIf may trail
             rgb = _to_8bit_rgb(image)
+            if orientation != 1:
+                # Readers (PIL, webdataset, browsers of a bare JPEG) show pixels as stored:
+                # ship them upright, with the size a reader sees, and no EXIF to apply twice.
+                rgb = rgb.transpose(_UPRIGHT[orientation])
             out = io.BytesIO()
             rgb.save(out, "JPEG", quality=JPEG_QUALITY, optimize=False)
     except ImageRejected:
         raise
     except Exception as err:
-        raise ImageRejected("image_corrupt", f"{type(err).__name__}: {err}") from None
+        raise ImageRejected("image_corrupt", describe(err)) from None
     encoded = out.getvalue()
     return CheckedImage(
         data=encoded,
-        width=width,
-        height=height,
+        width=rgb.width,
+        height=rgb.height,
         source_format=source_format,
         source_mode=source_mode,
         converted=True,
         sha256=hashlib.sha256(encoded).hexdigest(),
         phash=phash(rgb),
+        warnings=[warning] if warning else [],
     )
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from transforms import storage
 from transforms.errors import Rejected
@@ -23,7 +24,8 @@ METADATA_PREFIX = "metadata/"
 INVENTORY_PREFIX = "inventory-reports/pmc-oa-opendata/metadata/"
 
 _VERSION_KEY = re.compile(r"(?:^|/)(PMC\d+)\.(\d+)\.json$")
-_FOLDER_PATH = re.compile(r"(?:^|/)(PMC\d+\.\d+)/([^/?]+)")
+_FOLDER = re.compile(r"PMC\d+\.\d+")
+_PLAIN_NAME = re.compile(r"[^/\\%\x00-\x1f\x7f]+")
 
 
 class MetadataError(Rejected):
@@ -37,9 +39,31 @@ def parse_version_key(key: str) -> tuple[str, int] | None:
 
 
 def _relative(url: str) -> tuple[str, str] | None:
-    """("PMC123.2", "gr1.jpg") from an s3:// or https:// url of the bucket."""
-    match = _FOLDER_PATH.search(url.split("?")[0])
-    return (match.group(1), match.group(2)) if match else None
+    """("PMC123.2", "gr1.jpg") from an s3:// or https:// url of the bucket (any host or
+    bucket: only this relative part is read, under the run's own root).
+
+    None unless the path ends in `PMC<id>.<ver>/<name>` with a plain name: no `.` or `..`
+    segment anywhere, no backslash, no percent-encoded slash or dot trick, no control bytes.
+    """
+    path = unquote(urlsplit(url).path)  # the query (?md5=...) and fragment are dropped
+    parts = path.split("/")
+    if len(parts) < 2 or any(p in (".", "..") for p in parts):
+        return None
+    folder, name = parts[-2], parts[-1]
+    if not _FOLDER.fullmatch(folder) or not _PLAIN_NAME.fullmatch(name) or name.strip(".") == "":
+        return None
+    return folder, name
+
+
+def _own_file(field: str, url: str, folder: str) -> str:
+    """The file name a url names in the version's own folder; MetadataError if it lies
+    anywhere else: a version never reads another article's (or version's) files."""
+    rel = _relative(url)
+    if rel is None or rel[0] != folder:
+        raise MetadataError(
+            "metadata_url_outside_folder", f"{field} {url[:300]!r} is not a file of {folder}/"
+        )
+    return rel[1]
 
 
 @dataclass
@@ -48,6 +72,61 @@ class VersionMetadata:
     is_open_access: bool
     is_manuscript: bool
     title: str
+
+
+# The longest value a metadata field may hold. Ids, codes and dates are short, titles and
+# citations a few hundred characters; a longer value is not real metadata, and a cut one would
+# ship in every sample of the article silently.
+MAX_FIELD_CHARS = 1024
+_FIELD_LIMITS = {"title": 8192, "citation": 8192, "xml_url": 4096, "text_url": 4096,
+                 "pdf_url": 4096, "media_urls": 4096}  # fmt: skip
+MAX_MEDIA_URLS = 10_000
+_TEXT_FIELDS = ("pmcid", "pmid", "doi", "mid", "title", "citation", "license_code", "xml_url",
+                "text_url", "pdf_url")  # fmt: skip
+_FLAG_FIELDS = ("is_pmc_openaccess", "is_manuscript", "is_historical_ocr", "is_retracted")
+
+
+def _check_fields(record: dict) -> None:
+    """MetadataError naming the first field of the wrong type or over its length bound."""
+
+    def text(name: str, value) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and name in ("pmid", "mid"):
+            value = str(value)  # PMC writes numeric ids as JSON numbers
+        if not isinstance(value, str):
+            raise MetadataError("metadata_invalid", f"field {name}: {_kind(value)}, not a string")
+        limit = _FIELD_LIMITS.get(name, MAX_FIELD_CHARS)
+        if len(value) > limit:
+            raise MetadataError(
+                "metadata_invalid", f"field {name}: {len(value)} characters > limit {limit}"
+            )
+
+    for name in _TEXT_FIELDS:
+        if record.get(name) is not None:
+            text(name, record[name])
+    version = record.get("version")
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise MetadataError("metadata_invalid", f"field version: {_kind(version)}, not an integer")
+    text("version", str(version))
+    for name in _FLAG_FIELDS:
+        if record.get(name) is not None and not isinstance(record[name], bool):
+            raise MetadataError(
+                "metadata_invalid", f"field {name}: {_kind(record[name])}, not true or false"
+            )
+    urls = record.get("media_urls")
+    if urls is None:
+        return
+    if not isinstance(urls, list):
+        raise MetadataError("metadata_invalid", f"field media_urls: {_kind(urls)}, not a list")
+    if len(urls) > MAX_MEDIA_URLS:
+        raise MetadataError(
+            "metadata_invalid", f"field media_urls: {len(urls)} entries > limit {MAX_MEDIA_URLS}"
+        )
+    for url in urls:
+        text("media_urls", url)
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def parse_metadata(
@@ -62,10 +141,11 @@ def parse_metadata(
         raise MetadataError("metadata_empty", "the metadata JSON is empty")
     try:
         record = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # bad UTF-8, bad JSON, a number of thousands of digits
         raise MetadataError("metadata_invalid", f"{type(err).__name__}: {err}") from None
     if not isinstance(record, dict):
         raise MetadataError("metadata_invalid", "the metadata JSON is not an object")
+    _check_fields(record)
     pmcid = str(record.get("pmcid") or "")
     if not re.fullmatch(r"PMC\d+", pmcid):
         raise MetadataError("metadata_invalid", f"pmcid {pmcid!r} is not PMC<digits>")
@@ -74,15 +154,9 @@ def parse_metadata(
     except (TypeError, ValueError):
         raise MetadataError("metadata_invalid", f"version {record.get('version')!r}") from None
     folder = f"{pmcid}.{version}"
-    xml_name = f"{folder}.xml"
-    xml_rel = _relative(str(record.get("xml_url") or ""))
-    if xml_rel:
-        folder, xml_name = xml_rel
-    media = []
-    for url in record.get("media_urls") or []:
-        rel = _relative(str(url))
-        if rel and rel[0] == folder:
-            media.append(rel[1])
+    xml_url = str(record.get("xml_url") or "")
+    xml_name = _own_file("xml_url", xml_url, folder) if xml_url else f"{folder}.xml"
+    media = [_own_file("media_url", str(url), folder) for url in record.get("media_urls") or []]
     ref = ArticleRef(
         pmcid=pmcid,
         version=version,

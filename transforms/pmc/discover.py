@@ -17,28 +17,82 @@ import apache_beam as beam
 
 from transforms import storage
 from transforms.jats.media import IMAGE_EXTENSIONS
-from transforms.outcomes import DEAD, FILTERED, LISTED, dead, filtered, listed
+from transforms.outcomes import DEAD, FILTERED, LISTED, NOTED, dead, filtered, listed, noted
 from transforms.pmc import cloud, legacy
-from transforms.pmc.selection import Selection
-from transforms.records import ArticleRef
+from transforms.pmc.selection import Copy, Selection, choose_copies
+from transforms.records import ArticleRef, Filtered
 
 STAGE = "discover"
 LAYOUTS = ("auto", "pmc-cloud", "oa-package", "oa-bulk", "folder")
 _BULK_NAME = re.compile(r"oa_\w+_xml\.", re.I)
 
 
+_PACKAGE_SUFFIXES = (".tar.gz", ".tgz")
+_PROBE = 2000  # names the launcher looks at to name a layout
+
+
+def _is_pattern(source: str) -> bool:
+    return source.endswith(_PACKAGE_SUFFIXES) or any(c in source for c in "*?[")
+
+
+def _layout_of_file(name: str) -> str:
+    """The layout a file belongs to by its name ("" for files no layout reads by name)."""
+    lower = name.lower()
+    if lower.endswith(_PACKAGE_SUFFIXES):
+        return "oa-bulk" if _BULK_NAME.search(name) else "oa-package"
+    if lower.endswith(legacy.XML_EXTENSIONS):
+        return "folder"
+    return ""
+
+
 def detect_layout(source: str, s3: storage.S3Config) -> str:
-    """Name the layout of a source from a few listed names (the launcher does this once)."""
-    if source.endswith((".tar.gz", ".tgz")) or any(c in source for c in "*?["):
+    """Name the layout of a source from a few listed names (the launcher does this once).
+
+    A source whose first names hold files of several layouts is refused (SystemExit): auto
+    would read one layout and skip the others.
+    """
+    if _is_pattern(source):
         return "oa-bulk" if _BULK_NAME.search(posixpath.basename(source)) else "oa-package"
-    for info in _first(storage.list_prefix(storage.join(source, "metadata/"), s3), 1):
+    for info in _listed(storage.join(source, "metadata/"), s3, 1):
         if info.uri.endswith(".json"):
             return "pmc-cloud"
-    for info in _first(storage.list_prefix(source, s3), 2000):
-        name = posixpath.basename(info.uri)
-        if name.endswith((".tar.gz", ".tgz")):
-            return "oa-bulk" if _BULK_NAME.search(name) else "oa-package"
-    return "folder"
+    examples: dict[str, str] = {}
+    for info in _listed(source, s3, _PROBE):
+        layout = _layout_of_file(posixpath.basename(info.uri))
+        if layout:
+            examples.setdefault(layout, info.uri)
+    if len(examples) > 1:
+        found = "; ".join(f"{kind} files (e.g. {uri})" for kind, uri in sorted(examples.items()))
+        raise SystemExit(
+            f"biomedica extract: --source {source} holds {found}; --layout auto would read one "
+            f"and skip the others: pass --layout {' or --layout '.join(sorted(examples))} "
+            "(files of another layout are then counted as filtered other_layout)"
+        )
+    return next(iter(examples), "folder")
+
+
+def source_is_empty(source: str, layout: str, s3: storage.S3Config, inventory: str = "") -> bool:
+    """True when a source lists no file at all (a path that does not exist, a glob matching
+    nothing); cheap: one listed name at most."""
+    if _is_pattern(source):
+        return not storage.glob(source, s3)
+    if layout == "pmc-cloud" and not inventory:
+        source = storage.join(source, cloud.METADATA_PREFIX)
+    elif inventory:
+        return False  # the inventory says what there is; an empty one shows in the report
+    return not _listed(source, s3, 1)
+
+
+def _listed(prefix: str, s3: storage.S3Config, n: int) -> list[storage.FileInfo]:
+    """The first n files under a folder, listing no more than that where the store allows."""
+    if "://" in prefix and not storage.is_s3(prefix):
+        from apache_beam.io.filesystems import FileSystems
+
+        storage._gcs(prefix)  # an emulator without credentials, as every storage call does
+        pattern = prefix.rstrip("/") + "/**"
+        found = FileSystems.match([pattern], limits=[n])[0].metadata_list
+        return [storage.FileInfo(m.path, m.size_in_bytes, "") for m in found]
+    return list(_first(storage.list_prefix(prefix, s3), n))
 
 
 def _first(iterator, n):
@@ -48,10 +102,61 @@ def _first(iterator, n):
         yield item
 
 
-def package_uris(source: str, s3: storage.S3Config) -> list[storage.FileInfo]:
-    if source.endswith((".tar.gz", ".tgz")) or any(c in source for c in "*?["):
-        return storage.glob(source, s3)
-    return [f for f in storage.list_prefix(source, s3) if f.uri.endswith((".tar.gz", ".tgz"))]
+def source_files(source: str, s3: storage.S3Config):
+    """(tar.gz packages, files of another layout) of a package source, in listed order."""
+    if _is_pattern(source):
+        return storage.glob(source, s3), []
+    packages, others = [], []
+    for info in storage.list_prefix(source, s3):
+        layout = _layout_of_file(posixpath.basename(info.uri))
+        if layout in ("oa-package", "oa-bulk"):
+            packages.append(info)
+        elif layout:
+            others.append(info)
+    return packages, others
+
+
+def _other_layout(info: storage.FileInfo, layout: str):
+    """A file this layout does not read, counted (in and filtered) so that it shows."""
+    yield listed(STAGE)
+    name = posixpath.basename(info.uri)
+    hint = _layout_of_file(name)
+    yield filtered(
+        STAGE,
+        "other_layout",
+        name,
+        f"a {hint} file; --layout {layout} does not read it (pass --layout {hint})",
+        info.uri,
+    )
+
+
+def _keep_one_copy(pmcid: str, refs, selection: Selection, all_versions: bool = False):
+    """One ref per article version (see selection.choose_copies), then the run's selection;
+    the other copies are filtered with where they lie and which copy was kept."""
+    copies = [
+        Copy(r.version, r.last_modified if r.source_kind == "oa-bulk" else "", _where(r), r)
+        for r in refs
+    ]
+    kept, left_out = choose_copies(copies, all_versions)
+    for copy, reason, winner in left_out:
+        yield filtered(
+            STAGE, reason, copy.item.key or copy.location, f"kept: {winner.location}", copy.location
+        )
+    for copy in kept:
+        ref = copy.item
+        reason = selection.reason(ref) if ref.pmcid else selection.date_reason(ref.last_modified)
+        if reason:
+            yield filtered(STAGE, reason, ref.key or copy.location, source=copy.location)
+        else:
+            yield ref
+
+
+def _where(ref: ArticleRef) -> str:
+    if ref.source_kind == "oa-bulk":
+        return f"{ref.location}::{ref.xml_name}"
+    if ref.source_kind == "folder":
+        return storage.join(ref.location, ref.xml_name)
+    return ref.location
 
 
 # ---- PMC Cloud ------------------------------------------------------------------------
@@ -107,21 +212,24 @@ class _InventoryEntries(beam.DoFn):
 
 
 class _SelectVersions(beam.DoFn):
-    """Latest version per article (unless all are wanted), inside the date window."""
+    """Latest version per article (unless all are wanted), inside the date window; a version
+    listed twice is read once."""
 
     def __init__(self, selection: Selection, all_versions: bool):
         self.selection, self.all_versions = selection, all_versions
 
     def process(self, element):
         pmcid, versions = element
-        versions = sorted(versions)
-        for version, uri, modified in versions:
-            if not self.all_versions and version != versions[-1][0]:
-                yield filtered(STAGE, "superseded_version")
-                continue
+        copies = [Copy(v, modified, uri, (uri, modified)) for v, uri, modified in versions]
+        kept, left_out = choose_copies(copies, self.all_versions)
+        for copy, reason, winner in left_out:
+            detail = f"kept: {pmcid}.{winner.version} ({winner.location})"
+            yield filtered(STAGE, reason, f"{pmcid}.{copy.version}", detail, copy.location)
+        for copy in sorted(kept, key=lambda c: c.version):
+            uri, modified = copy.item
             reason = self.selection.date_reason(modified)
             if reason:
-                yield filtered(STAGE, reason)
+                yield filtered(STAGE, reason, f"{pmcid}.{copy.version}", source=uri)
                 continue
             yield uri, modified
 
@@ -155,7 +263,7 @@ class _ReadMetadata(beam.DoFn):
             return
         reason = self.selection.reason(meta.ref, meta.is_open_access)
         if reason:
-            yield filtered(STAGE, reason)
+            yield filtered(STAGE, reason, meta.ref.key, source=uri)
             return
         yield meta.ref
 
@@ -168,7 +276,10 @@ class _ListPackages(beam.DoFn):
         self.s3 = s3
 
     def process(self, source):
-        for info in package_uris(source, self.s3):
+        packages, others = source_files(source, self.s3)
+        for info in others:
+            yield from _other_layout(info, "oa-package")
+        for info in packages:
             yield listed(STAGE)
             pmcid = legacy.pmcid_from_path(info.uri)
             if not pmcid:
@@ -193,30 +304,42 @@ class _ReadFileList(beam.DoFn):
 
 
 class _JoinPackages(beam.DoFn):
-    def __init__(self, selection: Selection):
-        self.selection = selection
+    def __init__(self, selection: Selection, has_file_list: bool):
+        self.selection, self.has_file_list = selection, has_file_list
 
     def process(self, element):
         pmcid, grouped = element
         rows = list(grouped["rows"])
         row = rows[-1] if rows else None
-        for info in sorted(grouped["packages"], key=lambda i: i.uri):
-            ref = ArticleRef(
-                pmcid=pmcid,
-                version=None,
-                source_kind="oa-package",
-                location=info.uri,
-                pmid=row.pmid if row else "",
-                citation=row.citation if row else "",
-                license_code=row.license_code if row else "",
-                retracted=row.retracted if row else False,
-                last_modified=_file_list_time(row.last_updated) if row else info.last_modified,
+        warnings: tuple[str, ...] = ()
+        if not self.has_file_list:
+            warnings = ("no_file_list",)
+        elif row is None:
+            warnings = ("not_in_file_list",)
+        refs = []
+        for info in grouped["packages"]:
+            if row and row.invalid:
+                yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", info.uri)
+                continue
+            if not self.has_file_list:
+                yield noted(STAGE, "packages_without_file_list")
+            elif row is None:
+                yield noted(STAGE, "packages_not_in_file_list")
+            refs.append(
+                ArticleRef(
+                    pmcid=pmcid,
+                    version=None,
+                    source_kind="oa-package",
+                    location=info.uri,
+                    pmid=row.pmid if row else "",
+                    citation=row.citation if row else "",
+                    license_code=row.license_code if row else "",
+                    retracted=row.retracted if row else False,
+                    last_modified=_file_list_time(row.last_updated) if row else info.last_modified,
+                    warnings=warnings,
+                )
             )
-            reason = self.selection.reason(ref)
-            if reason:
-                yield filtered(STAGE, reason)
-            else:
-                yield ref
+        yield from _keep_one_copy(pmcid, refs, self.selection)
 
 
 def _file_list_time(value: str) -> str:
@@ -225,19 +348,22 @@ def _file_list_time(value: str) -> str:
 
 
 class _ReadBulkPackage(beam.DoFn):
-    """Every XML of one oa_bulk package, joined with the package's own file list."""
+    """Every XML of one oa_bulk package, joined with the package's own file list:
+    (pmcid, ref) pairs, so that an article found in several packages is kept once."""
 
-    def __init__(self, s3, selection: Selection):
-        self.s3, self.selection = s3, selection
+    def __init__(self, s3):
+        self.s3 = s3
 
     def process(self, uri):
-        rows = {}
+        rows = None
         list_uri = re.sub(r"\.tar\.gz$|\.tgz$", ".filelist.csv", uri)
         if list_uri != uri and storage.exists(list_uri, self.s3):
             rows = {
                 r.accession: r
                 for r in legacy.parse_file_list(storage.read_bytes(list_uri, self.s3))
             }
+        else:
+            yield noted(STAGE, "packages_without_file_list")
         try:
             stream = storage.open_stream(uri, self.s3)
         except storage.StorageError as err:
@@ -262,70 +388,115 @@ class _ReadBulkPackage(beam.DoFn):
                         where,
                     )
                     continue
-                row = rows.get(pmcid)
-                ref = ArticleRef(
-                    pmcid=pmcid,
-                    version=None,
-                    source_kind="oa-bulk",
-                    location=uri,
-                    xml_name=member,
-                    xml=xml,
-                    pmid=row.pmid if row else "",
-                    citation=row.citation if row else "",
-                    license_code=row.license_code if row else "",
-                    retracted=row.retracted if row else False,
-                    last_modified=_file_list_time(row.last_updated) if row else "",
-                )
-                reason = self.selection.reason(ref)
-                if reason:
-                    yield filtered(STAGE, reason)
+                row = rows.get(pmcid) if rows is not None else None
+                if row and row.invalid:
+                    yield dead(STAGE, pmcid, "metadata_invalid", f"file list {row.invalid}", where)
+                    continue
+                if rows is None:
+                    warnings = ("no_file_list",)
+                elif row is None:
+                    warnings = ("not_in_file_list",)
+                    yield noted(STAGE, "articles_not_in_file_list")
                 else:
-                    yield ref
+                    warnings = ()
+                yield (
+                    pmcid,
+                    ArticleRef(
+                        pmcid=pmcid,
+                        version=None,
+                        source_kind="oa-bulk",
+                        location=uri,
+                        xml_name=member,
+                        xml=xml,
+                        pmid=row.pmid if row else "",
+                        citation=row.citation if row else "",
+                        license_code=row.license_code if row else "",
+                        retracted=row.retracted if row else False,
+                        last_modified=_file_list_time(row.last_updated) if row else "",
+                        warnings=warnings,
+                    ),
+                )
+
+
+class _KeepOneCopy(beam.DoFn):
+    def __init__(self, selection: Selection):
+        self.selection = selection
+
+    def process(self, element):
+        pmcid, refs = element
+        yield from _keep_one_copy(pmcid, list(refs), self.selection)
+
+
+_VERSIONED_NAME = re.compile(r"(PMC\d+)(?:\.(\d+))?")
+
+
+def _folder_refs(folder: str, files: list[storage.FileInfo]):
+    """Refs of one article folder: one per XML file, each with all of the folder's images."""
+    names = [posixpath.basename(f.uri) for f in files]
+    xmls = sorted(n for n in names if n.lower().endswith(legacy.XML_EXTENSIONS))
+    media = tuple(sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)))
+    folder_name = posixpath.basename(folder)
+    modified = max(f.last_modified for f in files)
+    for xml in xmls:
+        stem = re.sub(r"\.(n?xml)$", "", xml, flags=re.I)
+        # One XML: the folder names the article (PMC123 or PMC123.2); several: each file does.
+        named = [folder_name, stem] if len(xmls) == 1 else [stem]
+        pmcid, version = "", None
+        for name in named:
+            exact = _VERSIONED_NAME.fullmatch(name)
+            found = exact or _VERSIONED_NAME.search(name)
+            if found:
+                pmcid = found.group(1)
+                version = int(exact.group(2)) if exact and exact.group(2) else None
+                break
+        yield ArticleRef(
+            pmcid=pmcid,
+            version=version,
+            source_kind="folder",
+            location=folder,
+            xml_name=xml,
+            media=media,
+            last_modified=modified,
+            key_prefix="" if len(xmls) == 1 else f"{folder_name}_{stem}",
+        )
 
 
 class _ListFolders(beam.DoFn):
-    """One ref per article folder: a folder holding an XML file and its images."""
+    """One ref per XML file of an article folder (the folder's images available to each);
+    an article found in several folders (or as several versions) is kept once."""
 
-    def __init__(self, s3, selection: Selection):
-        self.s3, self.selection = s3, selection
+    def __init__(self, s3, selection: Selection, all_versions: bool = False):
+        self.s3, self.selection, self.all_versions = s3, selection, all_versions
 
     def process(self, root):
         folders: dict[str, list[storage.FileInfo]] = {}
         for info in storage.list_prefix(root, self.s3):
             folders.setdefault(posixpath.dirname(info.uri), []).append(info)
+        by_article: dict[str, list[ArticleRef]] = {}
         for folder in sorted(folders):
             files = folders[folder]
-            names = [posixpath.basename(f.uri) for f in files]
-            xmls = sorted(n for n in names if n.lower().endswith(legacy.XML_EXTENSIONS))
-            media = tuple(sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)))
-            if not xmls and not media:
-                continue  # not an article folder (e.g. the root holding only subfolders)
-            yield listed(STAGE)
-            name = posixpath.basename(folder)
-            if not xmls:
-                yield dead(
-                    STAGE, name, "xml_missing", "article folder holds images but no XML", folder
-                )
-                continue
-            match = re.search(r"PMC\d+", name) or re.search(r"PMC\d+", xmls[0])
-            ref = ArticleRef(
-                pmcid=match.group() if match else "",
-                version=None,
-                source_kind="folder",
-                location=folder,
-                xml_name=xmls[0],
-                media=media,
-                last_modified=max(f.last_modified for f in files),
-            )
-            reason = (
-                self.selection.reason(ref)
-                if ref.pmcid
-                else self.selection.date_reason(ref.last_modified)
-            )
-            if reason:
-                yield filtered(STAGE, reason)
-            else:
-                yield ref
+            for info in files:
+                if _layout_of_file(posixpath.basename(info.uri)) in ("oa-package", "oa-bulk"):
+                    yield from _other_layout(info, "folder")
+            refs = list(_folder_refs(folder, files))
+            if not refs:
+                names = [posixpath.basename(f.uri) for f in files]
+                if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in names):
+                    yield listed(STAGE)
+                    yield dead(
+                        STAGE,
+                        posixpath.basename(folder),
+                        "xml_missing",
+                        "article folder holds images but no XML",
+                        folder,
+                    )
+                continue  # else not an article folder (e.g. the root holding only subfolders)
+            for ref in refs:
+                yield listed(STAGE)
+                # No PMCID in any name: the XML says who it is; nothing to compare it with.
+                by_article.setdefault(ref.pmcid or _where(ref), []).append(ref)
+        for pmcid in sorted(by_article):
+            yield from _keep_one_copy(pmcid, by_article[pmcid], self.selection, self.all_versions)
 
 
 # ---- the stage ----------------------------------------------------------------------------
@@ -342,6 +513,7 @@ class Discover(beam.PTransform):
     selection: Selection = field(default_factory=Selection)
     all_versions: bool = False
     s3: storage.S3Config = field(default_factory=storage.S3Config)
+    allow_empty: bool = False  # the launcher's: a source with nothing in it is not an error
 
     def __post_init__(self):
         super().__init__()
@@ -383,6 +555,11 @@ class Discover(beam.PTransform):
             action="store_true",
             help="every version of an article, not only the latest",
         )
+        group.add_argument(
+            "--allow_empty",
+            action="store_true",
+            help="a source with nothing in it (or nothing selected) is not an error",
+        )
         # --s3_endpoint_url (mirrors, local servers) is Beam's own S3Options flag.
         group.add_argument("--s3_anonymous", default="auto", choices=("auto", "true", "false"))
 
@@ -409,13 +586,15 @@ class Discover(beam.PTransform):
             selection=selection,
             all_versions=args.all_versions,
             s3=s3,
+            allow_empty=getattr(args, "allow_empty", False),
         )
 
     def expand(self, pbegin):
         p = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
         root = self.source.rstrip("/") if "://" in self.source else self.source
         start = p | "Source" >> beam.Create([root])
-        tags = (DEAD, FILTERED, LISTED)
+        tags = (DEAD, FILTERED, LISTED, NOTED)
+        notes = ()
         if self.layout == "pmc-cloud":
             if self.inventory:
                 manifest = (
@@ -441,7 +620,7 @@ class Discover(beam.PTransform):
             not_wanted = (
                 entries.versions
                 | "OtherIds" >> beam.Filter(lambda kv, s: not _wanted(kv, s), self.selection)
-                | "NotRequested" >> beam.Map(lambda _: (STAGE, "pmcid_not_requested"))
+                | "NotRequested" >> beam.Map(_not_requested)
             )
             selected = (
                 wanted
@@ -463,6 +642,7 @@ class Discover(beam.PTransform):
             dead_letters = (entries[DEAD], read[DEAD])
             filters = (not_wanted, selected[FILTERED], read[FILTERED])
             listing = (entries[LISTED],)
+            notes = (entries[NOTED],)
         elif self.layout == "oa-package":
             packages = start | "ListPackages" >> beam.ParDo(_ListPackages(self.s3)).with_outputs(
                 *tags, main="packages"
@@ -477,37 +657,68 @@ class Discover(beam.PTransform):
                 | "JoinFileList" >> beam.CoGroupByKey()
                 | "OnlyPackages" >> beam.Filter(lambda kv: bool(list(kv[1]["packages"])))
                 | "Select"
-                >> beam.ParDo(_JoinPackages(self.selection)).with_outputs(FILTERED, main="refs")
-            )
-            refs = joined.refs
-            dead_letters = (packages[DEAD],)
-            filters = (packages[FILTERED], joined[FILTERED])
-            listing = (packages[LISTED],)
-        elif self.layout == "oa-bulk":
-            read = (
-                start
-                | "ListBulk"
-                >> beam.FlatMap(lambda s, s3: [f.uri for f in package_uris(s, s3)], self.s3)
-                | "SpreadPackages" >> beam.Reshuffle()
-                | "ReadBulk"
-                >> beam.ParDo(_ReadBulkPackage(self.s3, self.selection)).with_outputs(
-                    *tags, main="refs"
+                >> beam.ParDo(_JoinPackages(self.selection, bool(self.file_list))).with_outputs(
+                    DEAD, FILTERED, NOTED, main="refs"
                 )
             )
-            refs = read.refs
-            dead_letters, filters, listing = (read[DEAD],), (read[FILTERED],), (read[LISTED],)
+            refs = joined.refs
+            dead_letters = (packages[DEAD], joined[DEAD])
+            filters = (packages[FILTERED], joined[FILTERED])
+            listing = (packages[LISTED],)
+            notes = (packages[NOTED], joined[NOTED])
+        elif self.layout == "oa-bulk":
+            listing_ = start | "ListBulk" >> beam.ParDo(_ListBulk(self.s3)).with_outputs(
+                FILTERED, LISTED, main="uris"
+            )
+            read = (
+                listing_.uris
+                | "SpreadPackages" >> beam.Reshuffle()
+                | "ReadBulk"
+                >> beam.ParDo(_ReadBulkPackage(self.s3)).with_outputs(*tags, main="members")
+            )
+            kept = (
+                read.members
+                | "ByArticle" >> beam.GroupByKey()
+                | "OneCopy"
+                >> beam.ParDo(_KeepOneCopy(self.selection)).with_outputs(FILTERED, main="refs")
+            )
+            refs = kept.refs
+            dead_letters = (read[DEAD],)
+            filters = (listing_[FILTERED], read[FILTERED], kept[FILTERED])
+            listing = (listing_[LISTED], read[LISTED])
+            notes = (read[NOTED],)
         else:
             read = start | "ListFolders" >> beam.ParDo(
-                _ListFolders(self.s3, self.selection)
+                _ListFolders(self.s3, self.selection, self.all_versions)
             ).with_outputs(*tags, main="refs")
             refs = read.refs
             dead_letters, filters, listing = (read[DEAD],), (read[FILTERED],), (read[LISTED],)
+            notes = (read[NOTED],)
         return {
             "refs": refs,
             DEAD: dead_letters | "FlattenDead" >> beam.Flatten(pipeline=p),
             FILTERED: filters | "FlattenFiltered" >> beam.Flatten(pipeline=p),
             LISTED: listing | "FlattenListed" >> beam.Flatten(pipeline=p),
+            NOTED: notes | "FlattenNoted" >> beam.Flatten(pipeline=p),
         }
+
+
+class _ListBulk(beam.DoFn):
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def process(self, source):
+        packages, others = source_files(source, self.s3)
+        for info in others:
+            yield from _other_layout(info, "oa-bulk")
+        for info in packages:
+            yield info.uri
+
+
+def _not_requested(kv) -> Filtered:
+    # Counted, not written (see pipelines/extract.py): a --pmcids run over all of PMC.
+    pmcid, (version, uri, _) = kv
+    return Filtered(STAGE, f"{pmcid}.{version}", "pmcid_not_requested", "", uri)
 
 
 def _wanted(kv, selection: Selection) -> bool:

@@ -75,3 +75,44 @@ class Selection:
         if self.license_groups and license_group(license_code) not in self.license_groups:
             return "license_group_not_requested"
         return ""
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One place where an article version was found."""
+
+    version: int | None  # None where the source has no versions
+    last_modified: str  # ISO 8601; ranks unversioned copies (the newest file list date wins)
+    location: str
+    item: object = None  # what the caller keeps (a ref, a listing entry)
+
+
+def choose_copies(copies: list[Copy], all_versions: bool = False):
+    """Which copies of one article a run keeps, deterministically.
+
+    One copy per version: the latest version first, then the newest modification, then the
+    smallest location. Without `all_versions` only the latest version is kept. Returns
+    (kept, [(left out, reason, the kept copy it yields to)]), reasons `duplicate_version` or
+    `superseded_version`.
+    """
+    ranked = sorted(copies, key=lambda c: c.location)
+    # Stable: among equal versions and dates, the location order above holds.
+    ranked.sort(key=lambda c: (c.version or 0, _sortable(c.last_modified)), reverse=True)
+    kept: dict[int, Copy] = {}
+    left_out = []
+    for copy in ranked:
+        version = copy.version or 0
+        if version in kept:
+            left_out.append((copy, "duplicate_version", kept[version]))
+        elif kept and not all_versions:
+            left_out.append((copy, "superseded_version", ranked[0]))
+        else:
+            kept[version] = copy
+    return list(kept.values()), left_out
+
+
+def _sortable(value: str) -> str:
+    try:
+        return _normalize_time(value)
+    except ValueError:
+        return ""

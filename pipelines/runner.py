@@ -79,41 +79,54 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 REPORT = "run_report.json"
 
 
-def _location(uri: str) -> tuple[str, tuple[str, ...]]:
-    """(scheme or "", path parts) of a folder, a file or a glob's fixed part, for overlap."""
+def _location(uri: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(scheme or "", path parts of the fixed folder, the glob's own parts or ())."""
     uri = uri.strip()
     cut = min([uri.index(c) for c in "*?[" if c in uri] or [len(uri)])
-    fixed = uri[:cut]
-    if cut < len(uri):  # a glob: only its folder part is fixed
-        fixed = fixed.rsplit("/", 1)[0] if "/" in fixed else ""
+    fixed, pattern = uri, ""
+    if cut < len(uri):  # a glob: its folder part is fixed, the rest a pattern
+        slash = uri.rfind("/", 0, cut)
+        fixed, pattern = (uri[:slash], uri[slash + 1 :]) if slash >= 0 else ("", uri)
     if "://" in fixed:
         scheme, rest = fixed.split("://", 1)
-        return scheme.lower(), tuple(p for p in rest.split("/") if p)
-    path = os.path.realpath(fixed or ".")
-    return "", tuple(p for p in path.split(os.sep) if p)
+        parts = tuple(p for p in rest.split("/") if p)
+    else:
+        scheme = ""
+        parts = tuple(p for p in os.path.realpath(fixed or ".").split(os.sep) if p)
+    return scheme.lower(), parts, tuple(p for p in pattern.split("/") if p)
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a path below a glob's folder could be (or hold) what the glob matches."""
+    import fnmatch
+
+    if "**" in pattern:
+        return True  # any depth: assume the worst
+    head = parts[: len(pattern)]
+    return all(fnmatch.fnmatchcase(p, q) for p, q in zip(head, pattern, strict=False))
 
 
 def refuse_overlap(output: str, **inputs: str) -> None:
-    """An output that is, holds or lies in an input would delete or mix into that input."""
-    out_scheme, out_parts = _location(output)
+    """An output that is, holds or lies in an input would delete or mix into that input.
+    A glob's folder may hold the output beside the files it matches."""
+    out_scheme, out_parts, _ = _location(output)
     for flag, uri in inputs.items():
         if not uri:
             continue
-        scheme, parts = _location(uri)
+        scheme, parts, pattern = _location(uri)
         if scheme != out_scheme:
             continue
         shorter = min(len(parts), len(out_parts))
-        if parts[:shorter] == out_parts[:shorter]:
-            where = (
-                "is"
-                if parts == out_parts
-                else "lies inside"
-                if len(out_parts) > len(parts)
-                else "contains"
-            )
-            raise UsageError(
-                f"--output {output} {where} --{flag} {uri}; write to a folder outside it"
-            )
+        if parts[:shorter] != out_parts[:shorter]:
+            continue
+        if pattern and len(out_parts) > len(parts):
+            if not _matches(out_parts[len(parts) :], pattern):
+                continue
+        if parts == out_parts:
+            where = "contains" if pattern else "is"
+        else:
+            where = "lies inside" if len(out_parts) > len(parts) else "contains"
+        raise UsageError(f"--output {output} {where} --{flag} {uri}; write to a folder outside it")
 
 
 @contextlib.contextmanager

@@ -267,8 +267,10 @@ def test_full_disk_one_line_and_no_corrupt_file(corpus, tmp_path):
 def test_ctrl_c_exits_130_with_one_line(mode, corpus, tmp_path):
     out = tmp_path / "out"
     argv = ["--source", str(corpus), "--output", str(out), "--direct_running_mode", mode]
+    if mode == "multi_processing":
+        argv += ["--direct_num_workers", "2"]
     running = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.extract", *argv, "--direct_num_workers", "2"],
+        [sys.executable, "-m", "pipelines.extract", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -498,7 +500,11 @@ def test_chart_counts_have_whole_ticks():
         ("data/ds/subset", "data/ds", True),
         ("data", "data/ds", True),
         ("data/ds2", "data/ds", False),
-        ("data/ds/x", "data/ds/*.tar.gz", True),
+        ("data/ds/x", "data/ds/*.tar.gz", False),  # beside the files the glob matches
+        ("data/ds/x.tar.gz", "data/ds/*.tar.gz", True),
+        ("data/ds", "data/ds/*.tar.gz", True),
+        ("data/ds/a/b", "data/ds/a*/*.tar.gz", True),
+        ("data/ds/x", "data/ds/**/*.tar.gz", True),
         ("data/out", "data/in/*.tar.gz", False),
         ("gs://b/ds/sub", "gs://b/ds", True),
         ("gs://b/ds", "gs://b/ds/", True),

@@ -503,7 +503,8 @@ def test_chart_counts_have_whole_ticks():
         ("data/ds/x", "data/ds/*.tar.gz", False),  # beside the files the glob matches
         ("data/ds/x.tar.gz", "data/ds/*.tar.gz", True),
         ("data/ds", "data/ds/*.tar.gz", True),
-        ("data/ds/a/b", "data/ds/a*/*.tar.gz", True),
+        ("data/ds/a", "data/ds/a*/*.tar.gz", True),  # holds files the glob matches
+        ("data/ds/a/b", "data/ds/a*/*.tar.gz", False),
         ("data/ds/x", "data/ds/**/*.tar.gz", True),
         ("data/out", "data/in/*.tar.gz", False),
         ("gs://b/ds/sub", "gs://b/ds", True),

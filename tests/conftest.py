@@ -80,6 +80,23 @@ def gcs_emulator(bucket: str):
         server.stop()
 
 
+@pytest.fixture
+def no_credential_retries(monkeypatch):
+    """Fail the test if Beam looks up GCP credentials (it retries with backoff, 15-30 s per
+    process, before going anonymous): against an emulator, storage settles that up front.
+
+    The cache starts unsettled, so a run that does not settle it calls the lookup and fails.
+    """
+    from apache_beam.internal.gcp import auth
+
+    def refuse(_options):
+        raise AssertionError("Beam looked up GCP credentials: storage did not settle them")
+
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None, raising=False)
+    monkeypatch.setattr(auth._Credentials, "_get_service_credentials", staticmethod(refuse))
+
+
 PORTABLE_RUNNER = [
     "--runner",
     "PortableRunner",

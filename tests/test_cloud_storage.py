@@ -13,7 +13,6 @@ import gzip
 import io
 import json
 import tarfile
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -380,15 +379,11 @@ def gcs_table(client, prefix: str) -> list[dict]:
     return rows
 
 
-def test_gcs_source_and_output(gcs_emulator, local_run):
+def test_gcs_source_and_output(gcs_emulator, local_run, no_credential_retries):
     client = gcs_emulator
-    started = time.monotonic()
     report = run_extract(
         ["--source", f"gs://{GCS_BUCKET}/corpus", "--output", f"gs://{GCS_BUCKET}/out"]
     )
-    elapsed = time.monotonic() - started
-    # Beam's credential lookup retries with backoff (15-30 s) unless storage settles it first.
-    assert elapsed < 15, f"the gs:// run took {elapsed:.1f} s: credential retries?"
     assert report["balanced"], report
     stored = json.loads(client.bucket(GCS_BUCKET).blob("out/run_report.json").download_as_bytes())
     assert stored["balanced"] and stored["stages"] == report["stages"]

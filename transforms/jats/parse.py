@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from lxml import etree
 
 from transforms.errors import Rejected
 from transforms.jats.text import inline_text, local_name, text_of
-from transforms.pmc.licenses import license_group, normalize_license
+from transforms.pmc.licenses import license_from_text, license_group, normalize_license
 from transforms.records import Article
 
 DEFAULT_MAX_XML_BYTES = 64 * 1024 * 1024
@@ -43,12 +44,8 @@ _NOT_RUNNING_TEXT = frozenset({"caption", "fig", "table-wrap", "ref-list", "fron
 _NON_BODY_ABSTRACTS = frozenset({"graphical", "teaser", "toc"})
 _RANGE_JOINER = re.compile(r"^\s*(?:[-\u2010-\u2015\u2212]|to|through|thru)\s*$", re.I)
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
-    )
-}
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {m.lower(): i for i, m in enumerate(_MONTH_NAMES, 1)}
 
 
 class JatsError(Rejected):
@@ -201,42 +198,99 @@ def _int(text: str | None) -> int | None:
     return int(match.group()) if match else None
 
 
-def _date_of(pub_date) -> tuple[str, int | None]:
-    year = _int(_first(pub_date, "year").text if _first(pub_date, "year") is not None else "")
+def _date_parts(pub_date) -> tuple[int | None, int | None, int | None]:
+    """(year, month, day) of a <pub-date> or <date>; month and day None where not given."""
+    year_el = pub_date.find("year")
+    year = _int(year_el.text) if year_el is not None else None
     if year is None:
         iso = pub_date.get("iso-8601-date", "")
-        return (iso, _int(iso[:4])) if iso else ("", None)
-    month_el, day_el = pub_date.find("month"), pub_date.find("day")
-    month = _int(month_el.text) if month_el is not None else None
-    if month is None and month_el is not None and month_el.text:
-        month = _MONTHS.get(month_el.text.strip()[:3].lower())
-    day = _int(day_el.text) if day_el is not None else None
-    if month and 1 <= month <= 12:
-        if day and 1 <= day <= 31:
-            return f"{year:04d}-{month:02d}-{day:02d}", year
+        year = _int(iso[:4])
+        month, day = _int(iso[5:7]), _int(iso[8:10])
+    else:
+        month_el, day_el = pub_date.find("month"), pub_date.find("day")
+        month = _int(month_el.text) if month_el is not None else None
+        if month is None and month_el is not None and month_el.text:
+            month = _MONTHS.get(month_el.text.strip()[:3].lower())
+        day = _int(day_el.text) if day_el is not None else None
+    if year is None or not (month and 1 <= month <= 12):
+        return year, None, None
+    return year, month, day if day and 1 <= day <= 31 else None
+
+
+def _date_of(pub_date) -> tuple[str, int | None]:
+    year, month, day = _date_parts(pub_date)
+    if year is None:
+        return "", None
+    if month and day:
+        return f"{year:04d}-{month:02d}-{day:02d}", year
+    if month:
         return f"{year:04d}-{month:02d}", year
     return f"{year:04d}", year
 
 
-def _publication_date(meta) -> tuple[str, int | None]:
+def _date_kind(pub_date) -> str:
+    """What a <pub-date> dates, in one spelling for NLM 2.3 (pub-type) and JATS 1.4
+    (date-type "pub" or "publication" with publication-format)."""
+    kind = (pub_date.get("pub-type") or pub_date.get("date-type") or "").strip().lower()
+    if kind in ("pub", "publication"):
+        form = pub_date.get("publication-format", "").strip().lower()
+        return {"electronic": "epub", "print": "ppub"}.get(form, "pub")
+    return kind
+
+
+# The date an article was published, best first: online, then print (JATS 1.4 "pub"
+# without a format), then the issue's; never its PMC release or an update.
+_PUBLICATION_RANK = {"epub": 0, "ppub": 1, "pub": 1, "epub-ppub": 2, "collection": 2}
+_NOT_PUBLICATION = frozenset({"pmc-release", "update", "corrected", "retracted", "rev-recd"})
+# The issue's own date, the one that goes with volume and issue, best first.
+_ISSUE_DATES = ("ppub", "epub-ppub", "pub", "collection")
+
+
+def _dated(meta) -> list[tuple[str, object]]:
     dates = meta.findall("pub-date") if meta is not None else []
-    if not dates:
-        return "", None
+    return [(_date_kind(d), d) for d in dates if _date_parts(d)[0] is not None]
 
-    def rank(pub_date) -> int:
-        kind = pub_date.get("pub-type") or pub_date.get("date-type") or ""
-        fmt = pub_date.get("publication-format", "")
-        if kind in ("epub",) or (kind == "pub" and fmt == "electronic"):
-            return 0
-        if kind in ("ppub", "pub"):
-            return 1
-        if kind in ("collection", "epub-ppub"):
-            return 2
-        if kind in ("pmc-release",):
-            return 4
-        return 3
 
-    return _date_of(sorted(dates, key=rank)[0])
+def _published(dated: list[tuple[str, object]]):
+    def rank(item) -> int:
+        kind = item[0]
+        return 4 if kind in _NOT_PUBLICATION else _PUBLICATION_RANK.get(kind, 3)
+
+    return min(dated, key=rank)[1] if dated else None
+
+
+def _publication_date(meta) -> tuple[str, int | None]:
+    """The date the article was published: online first, then in print."""
+    published = _published(_dated(meta))
+    return _date_of(published) if published is not None else ("", None)
+
+
+def _issue_date(meta) -> str:
+    """The date a citation gives: the issue's (an article online in September 2011 in the
+    January 2012 issue is cited "2012 Jan"), as PMC writes it ("2012 Jan", "2004 May 11").
+    Where the publication date falls within the issue's, its more precise form is taken."""
+    dated = _dated(meta)
+    if not dated:
+        return ""
+    by_kind: dict[str, object] = {}
+    for kind, pub_date in dated:
+        by_kind.setdefault(kind, pub_date)
+    published = _published(dated)
+    issue = next((by_kind[k] for k in _ISSUE_DATES if k in by_kind), published)
+    year, month, day = _date_parts(issue)
+    if published is not issue:
+        y, m, d = _date_parts(published)
+        within = y == year and month in (None, m) and day in (None, d)
+        if within and (month, day) != (m, d):
+            year, month, day = y, m, d
+    text = f"{year}"
+    if month:
+        text += f" {_MONTH_NAMES[month - 1]}" + (f" {day}" if day else "")
+    else:
+        season = issue.find("season")
+        if season is not None and (season.text or "").strip():
+            text += f" {season.text.strip()}"
+    return text
 
 
 def _license(meta) -> str:
@@ -259,15 +313,21 @@ def _license(meta) -> str:
         code = normalize_license(lic.get("license-type", ""))
         if code.startswith("CC"):
             return code
+    # Older PLOS and others: the license only named in words, in the license or, with no
+    # license element, in the copyright statement.
+    holders = list(permissions.iter("license")) or permissions.findall("copyright-statement")
+    for holder in holders:
+        code = license_from_text(inline_text(holder))
+        if code:
+            return code
     return ""
 
 
-def _citation(journal_abbrev: str, meta, date: str) -> str:
+def _citation(journal_abbrev: str, meta) -> str:
+    """PMC's form: "Nucleic Acids Res. 2012 Jan; 40(2):884-891"."""
     if meta is None:
         return ""
-    parts = [f"{journal_abbrev}." if journal_abbrev else ""]
-    if date:
-        parts.append(date[:4])
+    parts = [f"{journal_abbrev}." if journal_abbrev else "", _issue_date(meta)]
     volume = (
         (_first(meta, "volume").text or "").strip() if _first(meta, "volume") is not None else ""
     )
@@ -282,25 +342,87 @@ def _citation(journal_abbrev: str, meta, date: str) -> str:
         )
     elif eloc is not None and eloc.text:
         pages = eloc.text.strip()
-    tail = volume + (f"({issue})" if issue else "") + (f":{pages}" if pages else "")
+    tail = volume + (f"({issue})" if issue else "")
+    tail += f":{pages}" if tail and pages else pages  # "2024 Jan 1; 2023.12.31.573776"
     text = " ".join(p for p in parts if p)
     return f"{text}; {tail}" if tail else text
 
 
+_DOI = re.compile(r"10\.\d{4,9}/\S+")
+_DOI_URL = re.compile(r"^(?:https?://)?(?:dx\.)?doi\.org/", re.I)
+
+
+def _doi(value: str) -> str:
+    """A bare DOI from "10.x/y", "doi:10.x/y" or "https://doi.org/10.x/y"; "" otherwise."""
+    value = unquote(_DOI_URL.sub("", value.strip()))
+    value = re.sub(r"^doi:\s*", "", value, flags=re.I)
+    return value if _DOI.fullmatch(value) else ""
+
+
+def _reference_id(ref) -> str:
+    """A reference's id: its PMID, else "doi:" and its DOI, else its PMCID; "" without one.
+
+    Read from <pub-id> and PLOS's <object-id> (pub-id-type), and JATS 1.4's typed
+    <ext-link> (ext-link-type doi, pmid, pmcid); a plain link to doi.org is a DOI too.
+    """
+    found: dict[str, str] = {}
+    links: list[str] = []
+    for element in ref.iter("pub-id", "object-id", "ext-link"):
+        link = element.tag == "ext-link"
+        kind = element.get("ext-link-type" if link else "pub-id-type", "").strip().lower()
+        if kind not in ("pmid", "doi", "pmcid", "pmc"):
+            if link and _DOI_URL.match(href_of(element)):
+                links.append(href_of(element))
+            continue
+        value = ((href_of(element) if link else "") or "".join(element.itertext())).strip()
+        if kind == "pmid" and value.isdigit():
+            found.setdefault("pmid", value)
+        elif kind == "doi" and _doi(value):
+            found.setdefault("doi", _doi(value))
+        elif kind in ("pmcid", "pmc") and normalize_pmcid(value):
+            found.setdefault("pmcid", normalize_pmcid(value))
+    if "pmid" in found:
+        return found["pmid"]
+    doi = found.get("doi") or next((_doi(link) for link in links if _doi(link)), "")
+    if doi:
+        return "doi:" + doi
+    return found.get("pmcid", "")
+
+
 def _references(article) -> tuple[list[str], int]:
-    ids: list[str] = []
     refs = [
         r
         for r in article.iter("ref")
         if any(local_name(a) == "ref-list" for a in r.iterancestors())
     ]
-    for ref in refs:
-        pub_ids = {p.get("pub-id-type", ""): (p.text or "").strip() for p in ref.iter("pub-id")}
-        if pub_ids.get("pmid"):
-            ids.append(pub_ids["pmid"])
-        elif pub_ids.get("doi"):
-            ids.append("doi:" + pub_ids["doi"])
+    ids = [ident for ident in map(_reference_id, refs) if ident]
     return ids, len(refs)
+
+
+def _journal_abbreviation(journal_meta) -> str:
+    """The journal's abbreviation, NLM's first: journal ids, then the abbreviated titles
+    (JATS 1.4 files may carry no NLM journal id)."""
+    if journal_meta is None:
+        return ""
+    ids = {}
+    for jid in journal_meta.findall("journal-id"):
+        ids.setdefault(jid.get("journal-id-type", ""), inline_text(jid))
+    titles = {}
+    for title in journal_meta.iter("abbrev-journal-title"):
+        titles.setdefault(title.get("abbrev-type", ""), inline_text(title))
+    for found in (
+        ids.get("nlm-ta"),
+        ids.get("iso-abbrev"),
+        titles.get("nlm-ta"),
+        titles.get("iso-abbrev"),
+        titles.get("pubmed"),
+        titles.get(""),
+        titles.get("publisher"),
+        *titles.values(),
+    ):
+        if found:
+            return found
+    return ""
 
 
 def article_fields(article_el) -> Article:
@@ -309,12 +431,7 @@ def article_fields(article_el) -> Article:
     journal_meta = _first(front, "journal-meta")
     ids = _article_ids(meta)
     journal_el = _first(journal_meta, "journal-title-group/journal-title", "journal-title")
-    journal_abbrev = ""
-    if journal_meta is not None:
-        for jid in journal_meta.findall("journal-id"):
-            if jid.get("journal-id-type") in ("nlm-ta", "iso-abbrev") and jid.text:
-                journal_abbrev = jid.text.strip()
-                break
+    journal_abbrev = _journal_abbreviation(journal_meta)
     journal = inline_text(journal_el) if journal_el is not None else journal_abbrev
     date, year = _publication_date(meta)
     code = _license(meta)
@@ -336,14 +453,15 @@ def article_fields(article_el) -> Article:
         article_doi=ids.get("doi", ""),
         article_title=inline_text(_first(meta, "title-group/article-title")),
         article_journal=journal,
-        article_citation=_citation(journal_abbrev or journal, meta, date),
+        article_citation=_citation(journal_abbrev or journal, meta),
         article_date=date,
         article_year=year,
         article_type=article_el.get("article-type", ""),
         article_license=code,
         article_license_group=license_group(code),
-        article_keywords=[k for k in keywords if k],
-        article_subject=[s for s in subjects if s],
+        # PLOS repeats its subject tree's upper levels under every leaf: each once, in order.
+        article_keywords=list(dict.fromkeys(k for k in keywords if k)),
+        article_subject=list(dict.fromkeys(s for s in subjects if s)),
         article_abstract="\n".join(a for a in abstracts if a),
         article_text=text_of(body, skip={"fig", "fig-group", "table-wrap", "table-wrap-group"}),
         article_reference_ids=ref_ids,
@@ -428,6 +546,11 @@ def _resolve_rid(token: str, targets: dict[str, list]) -> list:
     return []
 
 
+def _scope(element):
+    """The sub-article or response an element belongs to; None for the article itself."""
+    return next(element.iterancestors("sub-article", "response"), None)
+
+
 def _running_paragraph(xref):
     paragraph = None
     for ancestor in xref.iterancestors():
@@ -474,8 +597,11 @@ def _citations(article_el, containers: list) -> tuple[dict, int]:
         paragraph = _running_paragraph(xref)
         if paragraph is None:
             continue
+        # A decision letter or author response citing "Figure 2" is not the article's text
+        # about it; it counts only for figures of its own.
+        scope = _scope(paragraph)
         for target in hits:
-            if paragraph not in cited[target]:
+            if _scope(target) is scope and paragraph not in cited[target]:
                 cited[target].append(paragraph)
     return cited, fig_xrefs
 
@@ -539,7 +665,7 @@ def figure_candidates(article_el, pmcid: str) -> tuple[list[GraphicCandidate], i
             context = []
             for paragraph in cited.get(container, []):
                 if paragraph not in paragraph_text:
-                    paragraph_text[paragraph] = text_of(paragraph)
+                    paragraph_text[paragraph] = text_of(paragraph, floats=True)
                 context.append(paragraph_text[paragraph])
         base = safe_key_part(ident)
         key_id, suffix = base, 2

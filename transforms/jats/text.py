@@ -51,11 +51,29 @@ SKIP_TAGS = frozenset(
         "processing-meta",
     }
 )
+# Floats that may stand inside a <p>: not part of its sentences (captions, tables, boxes).
+FLOAT_TAGS = frozenset(
+    {
+        "fig",
+        "fig-group",
+        "table-wrap",
+        "table-wrap-group",
+        "boxed-text",
+        "chem-struct-wrap",
+        "supplementary-material",
+        "media",
+    }
+)
 # In <alternatives>, the one rendering of the content that becomes text, best first.
 _ALTERNATIVE_PREFERENCE = ("math", "tex-math", "textual-form")
 
 _SPACED_OPERATORS = frozenset("=<>≤≥≠≈±×÷→←↔∈∉⊂⊆+−")
 _WS = re.compile(r"[ \t\r\f\v\u00a0\u2009\u200a\u2002\u2003]+")
+# MathML's invisible operators (function application, times, separator, plus): nothing to read.
+_INVISIBLE = re.compile("[\u2061-\u2064]")
+# Where a left-out element stood. NUL never occurs in XML text, so it cannot clash.
+_GAP = "\x00"
+_GAPS = re.compile(r"\x00[\x00 \t]*")  # starts at the gap: linear, whatever the whitespace
 
 
 def local_name(element) -> str:
@@ -127,46 +145,92 @@ def _pick_alternative(element):
     return next((c for c in kids if local_name(c) not in SKIP_TAGS), None)
 
 
-def _walk(element, out: list[str], skip: frozenset[str]) -> None:
+def is_float(element) -> bool:
+    """A float (figure, table, box, supplementary file, formula image) that can sit in a <p>."""
+    tag = local_name(element)
+    if tag in FLOAT_TAGS:
+        return True
+    # A formula given only as an image is a picture, not part of the sentence.
+    return (
+        tag == "disp-formula"
+        and next(element.iter("graphic"), None) is not None
+        and next(element.iter("math", "tex-math"), None) is None
+    )
+
+
+def _source_text(text: str) -> str:
+    # Line breaks in the XML source are layout, not text; blocks alone start lines.
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _walk(element, out: list[str], skip: frozenset[str], floats: bool) -> None:
     tag = local_name(element)
     if tag == "math":
         out.append(math_text(element))
         return
     if tag == "tex-math":
-        out.append((element.text or "").strip())
+        out.append(_source_text(element.text or "").strip())
+        return
+    if tag == "preformat":
+        # Code and other preformatted blocks: here the source's line breaks are the text's.
+        out.append("\n" + "".join(element.itertext()) + "\n")
         return
     if tag == "alternatives":
         chosen = _pick_alternative(element)
         if chosen is not None:
-            _walk(chosen, out, skip)
+            _walk(chosen, out, skip, floats)
         return
     block = tag in BLOCK_TAGS
     if block:
         out.append("\n")
     if element.text:
-        out.append(element.text)
+        out.append(_source_text(element.text))
     for child in element:
         if isinstance(child, etree._Entity):
             out.append(_entity_text(child))
-        elif isinstance(child.tag, str) and child.tag not in SKIP_TAGS and child.tag not in skip:
-            _walk(child, out, skip)
+        elif isinstance(child.tag, str) and (child.tag in skip or (floats and is_float(child))):
+            out.append(_GAP)
+        elif isinstance(child.tag, str) and child.tag not in SKIP_TAGS:
+            _walk(child, out, skip, floats)
         elif isinstance(child.tag, str) and child.tag in ("break",):
             out.append("\n")
         if child.tail:
-            out.append(child.tail)
+            out.append(_source_text(child.tail))
     if tag in ("td", "th"):
         out.append("\t")
     if block:
         out.append("\n")
 
 
-def text_of(element, skip: frozenset[str] | set[str] = frozenset()) -> str:
-    """The text of an element as a reader sees it: one line per block, spaces collapsed."""
+def _close_gaps(text: str) -> str:
+    """One space where a left-out element stood; none before punctuation or after an opening
+    bracket."""
+    if _GAP not in text:
+        return text
+    pieces = _GAPS.split(text)
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        before, after = out[-1].rstrip(" \t"), piece
+        joint = after[:1] in (",", ".", ";", ":", "!", "?", ")", "]", "}")
+        joint = joint or before[-1:] in ("(", "[", "{")
+        out[-1] = before
+        out.append(after if joint or not after or not before else " " + after)
+    return "".join(out)
+
+
+def text_of(element, skip: frozenset[str] | set[str] = frozenset(), floats: bool = False) -> str:
+    """The text of an element as a reader sees it: one line per block, spaces collapsed.
+
+    Elements named in `skip`, and with `floats` every float nested in the element (what a
+    paragraph that cites a figure holds besides its sentences), are left out; the text on
+    either side is joined with one space, or none before punctuation.
+    """
     if element is None:
         return ""
     out: list[str] = []
-    _walk(element, out, frozenset(skip))
-    lines = (_WS.sub(" ", line).strip() for line in "".join(out).split("\n"))
+    _walk(element, out, frozenset(skip), floats)
+    text = _INVISIBLE.sub("", _close_gaps("".join(out)))
+    lines = (_WS.sub(" ", line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 

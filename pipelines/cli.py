@@ -5,6 +5,7 @@ Flags a pipeline does not know go to Beam's PipelineOptions (--runner, --project
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -21,13 +22,19 @@ PIPELINES = {
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PIPELINES:
-        print("usage: biomedica <pipeline> [flags]\n\npipelines:")
-        for name, (_, text) in PIPELINES.items():
-            print(f"  {name:<10} {text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(PIPELINES[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    if argv and argv[0] in PIPELINES:
+        module = importlib.import_module(PIPELINES[argv[0]][0])
+        return module.main(argv[1:]) or 0
+    if argv and argv[0] not in ("-h", "--help"):
+        close = difflib.get_close_matches(argv[0], PIPELINES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        print(f"biomedica: error: unknown pipeline {argv[0]!r}{hint}", file=sys.stderr)
+        return 2
+    print("usage: biomedica <pipeline> [flags]\n\npipelines:")
+    for name, (_, text) in PIPELINES.items():
+        print(f"  {name:<10} {text}")
+    print("\n`biomedica <pipeline> --help` lists a pipeline's flags.")
+    return 0 if argv else 2
 
 
 if __name__ == "__main__":

@@ -15,8 +15,19 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from pipelines import options as flags
+from pipelines.flags import UsageError
 from pipelines.options import ExtractOptions, RunOptions
-from pipelines.runner import REPORT, main_of, make_pipeline, prepare_output, run_and_report
+from pipelines.runner import (
+    REPORT,
+    main_of,
+    make_pipeline,
+    output_lock,
+    prepare_output,
+    progress,
+    refuse_overlap,
+    run_and_report,
+)
 from transforms import article_files, report, storage
 from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.images.dedupe import Dedupe
@@ -43,7 +54,7 @@ def _source_required(options: ExtractOptions, run_options: RunOptions) -> None:
         if not value
     ]
     if missing:
-        raise SystemExit("biomedica extract: missing " + ", ".join(f"--{m}" for m in missing))
+        raise UsageError("missing " + ", ".join(f"--{m}" for m in missing))
 
 
 def build(
@@ -140,13 +151,20 @@ def build(
 
 def run(argv=None, test_pipeline=None) -> dict:
     """Run the extract pipeline; returns the run report (also printed)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags.parse("extract", argv, __doc__)
     options = PipelineOptions(argv)
     extract_options = options.view_as(ExtractOptions)
     run_options = options.view_as(RunOptions)
     _source_required(extract_options, run_options)
+    refuse_overlap(run_options.output, source=extract_options.source)
     options.view_as(SetupOptions).save_main_session = False
-    # Before the output is touched: naming the layout may refuse the source.
-    discover = Discover.from_args(extract_options)
+    # Before the output is touched: flag values a stage refuses (dates, license groups);
+    # naming the layout may refuse the source.
+    try:
+        discover = Discover.from_args(extract_options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if not discover.allow_empty and source_is_empty(
         discover.source, discover.layout, discover.s3, discover.inventory
     ):
@@ -154,11 +172,17 @@ def run(argv=None, test_pipeline=None) -> dict:
             f"biomedica extract: --source {discover.source} does not exist or holds no files"
             " (pass --allow_empty to run on it anyway)"
         )
-    prepare_output(run_options.output, REPORT, run_options.overwrite, OUTPUT_DIRS)
-    started = time.time()
     p = make_pipeline(options, test_pipeline)
-    build(p, extract_options, run_options.output, discover)
-    result = run_and_report(p, run_options.output, started, ["extract/_staging"])
+    try:  # builds the graph only
+        build(p, extract_options, run_options.output, discover)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    with output_lock(run_options.output) as lock:
+        prepare_output(run_options.output, REPORT, run_options.overwrite, OUTPUT_DIRS)
+        shown = progress(run_options.log_level, "extract", ["articles", "figures"])
+        result = run_and_report(
+            p, run_options.output, time.time(), ["extract/_staging"], lock, shown
+        )
     return _check_found(result, discover)
 
 
@@ -189,7 +213,7 @@ def _check_found(result: dict, discover: Discover) -> dict:
     )
 
 
-main = main_of(run)
+main = main_of(run, "extract")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import flags
 from transforms.extract import ExtractArticles
 from transforms.images.dedupe import Dedupe
 from transforms.pmc.discover import Discover
@@ -16,15 +17,25 @@ from transforms.shard.write_shards import WriteShards
 
 
 class RunOptions(PipelineOptions):
-    """Where a run reads and writes."""
+    """Where a run writes, and how it talks."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", help="shard/subset: an extract output or a dataset")
-        parser.add_argument("--output", help="output folder: a local path or gs:// URI")
-        parser.add_argument(
+        group = parser.add_argument_group("output")
+        group.add_argument("--output", help="output folder: a local path, gs:// or s3:// URI")
+        group.add_argument(
             "--overwrite", action="store_true", help="replace whatever another run left in --output"
         )
+        flags.add_log_level(group)
+
+
+class InputOptions(PipelineOptions):
+    """shard and subset read a dataset or an extract output."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("input")
+        group.add_argument("--input", help="an extract output (shard) or a dataset (subset)")
 
 
 class ExtractOptions(PipelineOptions):
@@ -44,4 +55,55 @@ class ShardOptions(PipelineOptions):
 class SubsetOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--where", help="filter over the dataset's Parquet fields")
+        group = parser.add_argument_group("subset")
+        group.add_argument(
+            "--where", help="filter over the dataset's Parquet fields (see the README)"
+        )
+
+
+class AllowEmpty:
+    """shard and subset take extract's --allow_empty (a Beam flag may be defined once: it is
+    Discover's, read as options.view_as(ExtractOptions).allow_empty)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument_group("nothing written").add_argument(
+            "--allow_empty",
+            action="store_true",
+            help="a run that writes no sample ends with status 0 (it is an error otherwise)",
+        )
+
+
+# Numeric flags where a negative value means something (-1: exact duplicates only).
+SIGNED = frozenset({"--near_duplicate_threshold"})
+
+OPTIONS_OF = {
+    "extract": (ExtractOptions, RunOptions),
+    "shard": (InputOptions, ShardOptions, RunOptions, AllowEmpty),
+    "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
+}
+
+
+def parse(pipeline: str, argv: list[str], description: str = ""):
+    """Refuse what `pipeline` does not accept (see pipelines.flags) before any work."""
+
+    def add(parser):
+        for cls in OPTIONS_OF[pipeline]:
+            cls._add_argparse_args(parser)
+
+    def option_strings(cls) -> set[str]:
+        import argparse
+
+        parser = argparse.ArgumentParser(add_help=False)
+        cls._add_argparse_args(parser)
+        return {o for a in parser._actions for o in a.option_strings}
+
+    mine = set().union(*(option_strings(c) for c in OPTIONS_OF[pipeline]))
+    foreign = {}
+    for other, classes in OPTIONS_OF.items():
+        for cls in classes:
+            for flag in option_strings(cls) - mine:
+                foreign.setdefault(flag, f"biomedica {other}")
+    # The module's summary and usage example; the rest of its docstring is for developers.
+    description = "\n\n".join(description.strip().split("\n\n")[:2])
+    return flags.parse(pipeline, argv, add, foreign=foreign, description=description, signed=SIGNED)

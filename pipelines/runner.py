@@ -1,13 +1,20 @@
-"""What every pipeline entry point shares: a runner that needs no download, output checks."""
+"""What every pipeline entry point shares: a runner that needs no download, output checks,
+one lock per output, progress, and one clear line (and exit status) for whatever goes wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.flags import UsageError, log_level
+from transforms import progress as progress_lines
 from transforms import storage
+from transforms.run_lock import LockError, RunLock
 
 
 def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
@@ -21,9 +28,35 @@ def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline
         return test_pipeline
     if options.view_as(StandardOptions).runner:
         return beam.Pipeline(options=options)
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    return beam.Pipeline(runner=_runner(), options=options)
 
-    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+def _runner():
+    """The FnApiRunner, with --direct_running_mode multi_processing workers that end
+    quietly on Ctrl-C instead of each printing a traceback: each runs in the background of
+    a shell (so ignores SIGINT, and Python keeps that), which ends it with SIGTERM (no
+    traceback) when Ctrl-C reaches the shell; the launcher reports it in one line."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    class Runner(FnApiRunner):
+        @property
+        def _default_environment(self):
+            return self._environment
+
+        @_default_environment.setter
+        def _default_environment(self, environment):
+            command = getattr(environment, "command_string", "")
+            if isinstance(environment, SubprocessSDKEnvironment) and command.endswith(
+                "-m apache_beam.runners.worker.sdk_worker_main"
+            ):
+                environment = SubprocessSDKEnvironment.from_command_string(
+                    f"{command} & pid=$!; trap 'kill -TERM $pid' INT TERM; wait $pid; s=$?; "
+                    "[ $s -gt 128 ] && wait $pid 2>/dev/null; exit $s"
+                )
+            self._environment = environment
+
+    return Runner()
 
 
 def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]) -> None:
@@ -46,9 +79,89 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 REPORT = "run_report.json"
 
 
-def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) -> dict:
+def _location(uri: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(scheme or "", path parts of the fixed folder, the glob's own parts or ())."""
+    uri = uri.strip()
+    cut = min([uri.index(c) for c in "*?[" if c in uri] or [len(uri)])
+    fixed, pattern = uri, ""
+    if cut < len(uri):  # a glob: its folder part is fixed, the rest a pattern
+        slash = uri.rfind("/", 0, cut)
+        fixed, pattern = (uri[:slash], uri[slash + 1 :]) if slash >= 0 else ("", uri)
+    if "://" in fixed:
+        scheme, rest = fixed.split("://", 1)
+        parts = tuple(p for p in rest.split("/") if p)
+    else:
+        scheme = ""
+        parts = tuple(p for p in os.path.realpath(fixed or ".").split(os.sep) if p)
+    return scheme.lower(), parts, tuple(p for p in pattern.split("/") if p)
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a path below a glob's folder could be (or hold) what the glob matches."""
+    import fnmatch
+
+    if "**" in pattern:
+        return True  # any depth: assume the worst
+    head = parts[: len(pattern)]
+    return all(fnmatch.fnmatchcase(p, q) for p, q in zip(head, pattern, strict=False))
+
+
+def refuse_overlap(output: str, **inputs: str) -> None:
+    """An output that is, holds or lies in an input would delete or mix into that input.
+    A glob's folder may hold the output beside the files it matches."""
+    out_scheme, out_parts, _ = _location(output)
+    for flag, uri in inputs.items():
+        if not uri:
+            continue
+        scheme, parts, pattern = _location(uri)
+        if scheme != out_scheme:
+            continue
+        shorter = min(len(parts), len(out_parts))
+        if parts[:shorter] != out_parts[:shorter]:
+            continue
+        if pattern and len(out_parts) > len(parts):
+            if not _matches(out_parts[len(parts) :], pattern):
+                continue
+        if parts == out_parts:
+            where = "contains" if pattern else "is"
+        else:
+            where = "lies inside" if len(out_parts) > len(parts) else "contains"
+        raise UsageError(f"--output {output} {where} --{flag} {uri}; write to a folder outside it")
+
+
+@contextlib.contextmanager
+def output_lock(output: str):
+    """Hold the output for a run (transforms.run_lock); a refusal is one clear line."""
+    lock = RunLock(output)
+    try:
+        lock.acquire()
+    except LockError as err:
+        raise SystemExit(str(err)) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def progress(level: str, label: str, units: list[str], total: int | None = None):
+    """What run_and_report shows while a local run lasts (None: quiet)."""
+    if str(level).upper() == "ERROR":
+        return None
+    return (label, units, total)
+
+
+def run_and_report(
+    p: beam.Pipeline,
+    output: str,
+    started: float,
+    cleanup=(),
+    lock: RunLock | None = None,
+    shown=None,
+) -> dict:
     """Run a built pipeline, remove its work folders, print and return its run report.
 
+    `shown` (from `progress`) prints progress on stderr while a local run lasts. The lock
+    is checked again before the work folders go: a run that lost it must not delete them.
     On Dataflow the launcher does not wait (a Flex Template launcher should end once the job
     is submitted): the job writes its own run report; its work folders stay until removed.
     """
@@ -57,8 +170,18 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
 
     from transforms import report
 
-    result = p.run()
-    if "Dataflow" in str(p.options.view_as(StandardOptions).runner or ""):
+    dataflow = "Dataflow" in str(p.options.view_as(StandardOptions).runner or "")
+    reporter = None
+    if shown and not dataflow:
+        reporter = progress_lines.Reporter(*shown).start()
+    try:
+        result = p.run()
+        if not dataflow:
+            result.wait_until_finish()
+    finally:
+        if reporter is not None:
+            reporter.stop(print_last=sys.exc_info()[0] is None)
+    if dataflow:
         submitted = {
             "submitted": True,
             "balanced": True,
@@ -67,7 +190,8 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
         }
         print(json.dumps(submitted, indent=2))
         return submitted
-    result.wait_until_finish()
+    if lock is not None:
+        lock.check()
     for folder in cleanup:
         storage.remove_tree(storage.join(output, folder))
     result = report.read_report(storage.join(output, REPORT))
@@ -76,14 +200,101 @@ def run_and_report(p: beam.Pipeline, output: str, started: float, cleanup=()) ->
     return result
 
 
-def main_of(run):
-    """The console entry of a pipeline: exit status 0 only when its report balances."""
+def _wrapper(err: BaseException) -> bool:
+    """Beam re-raises a worker's error with its traceback in the message: not the cause."""
+    text = str(err)
+    return not text.strip() or "Traceback (most recent call last)" in text
+
+
+def _one_line(err: BaseException) -> str:
+    """The error itself on one line: the first in its chain that is not a Beam wrapper."""
+    seen = set()
+    while _wrapper(err) and id(err) not in seen:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in text:
+        # No cleaner error in the chain: the traceback's last line names the error.
+        lines = [line for line in lines if not line.startswith(("File ", "Traceback"))][-1:]
+    first = (lines[0] if lines else type(err).__name__).split(" [while running", 1)[0]
+    if not first.startswith(type(err).__name__) and ":" not in first[:40]:
+        first = f"{type(err).__name__}: {first}"
+    return first if len(first) < 300 else first[:300] + "..."
+
+
+def _quiet_interrupted_workers(level: str) -> None:
+    """On Ctrl-C each multi_processing worker ends (130: SIGINT, 143: SIGTERM, see _runner)
+    and Beam's thread watching it raises: the launcher's one line says it all."""
+    import threading
+
+    previous = threading.excepthook
+
+    def hook(args):
+        text = str(args.exc_value)
+        if level != "DEBUG" and text.startswith("Worker subprocess exited with return code"):
+            if text.rsplit(" ", 1)[-1] in ("130", "143", "-2", "-15"):
+                return
+        previous(args)
+
+    threading.excepthook = hook
+
+
+def main_of(run, pipeline: str = ""):
+    """The console entry of a pipeline: exit status 0 only when its report balances.
+
+    Whatever goes wrong ends in one line on stderr (`biomedica extract: error: ...`) and a
+    non-zero status: 2 for flags, 130 for Ctrl-C, 1 otherwise; --log_level DEBUG adds the
+    traceback.
+    """
+    prog = f"biomedica {pipeline}".strip()
 
     def main(argv=None) -> int:
-        import sys
+        argv = sys.argv[1:] if argv is None else list(argv)
+        level = log_level(argv)
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(level if level in logging._nameToLevel else "WARNING")
+        if level != "DEBUG":
+            # Beam logs a failed bundle's traceback at ERROR before it raises; the raise is
+            # reported below in one line. Its warnings stay.
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(
+                    lambda r: not (r.name.startswith("apache_beam") and r.levelno >= logging.ERROR)
+                )
 
-        logging.getLogger().setLevel(logging.WARNING)
-        result = run(sys.argv[1:] if argv is None else argv)
+        def say(message: str, hint: bool = False) -> None:
+            more = " (--log_level DEBUG shows the traceback)" if hint and level != "DEBUG" else ""
+            sys.stdout.flush()
+            print(f"{prog}: error: {message}{more}", file=sys.stderr, flush=True)
+
+        _quiet_interrupted_workers(level)
+        try:
+            result = run(argv)
+        except UsageError as err:
+            say(err.message)
+            return 2
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+            return 130
+        except SystemExit as err:
+            if isinstance(err.code, str):
+                say(err.code.removeprefix(f"{prog}: "))
+                return 1
+            raise
+        except Exception as err:
+            logging.debug("traceback", exc_info=True)
+            say(_one_line(err), hint=True)
+            return 1
+        if result.get("error"):
+            say(result["error"])
+            return 1
         return 0 if result.get("balanced") or result.get("submitted") else 1
 
     return main

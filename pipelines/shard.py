@@ -17,8 +17,18 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipelines.options import RunOptions, ShardOptions
-from pipelines.runner import REPORT, main_of, make_pipeline, run_and_report
+from pipelines import options as flags
+from pipelines.flags import UsageError
+from pipelines.options import ExtractOptions, InputOptions, RunOptions, ShardOptions
+from pipelines.runner import (
+    REPORT,
+    main_of,
+    make_pipeline,
+    output_lock,
+    progress,
+    refuse_overlap,
+    run_and_report,
+)
 from transforms import report, storage
 from transforms.outcomes import DEAD
 from transforms.shard import dataset_card
@@ -170,45 +180,72 @@ def write_dataset(
     )
 
 
+def shard_transform(options, output: str, source, rows: int) -> WriteShards:
+    try:
+        return WriteShards.from_args(options.view_as(ShardOptions), output, source, rows)
+    except ValueError as err:  # a flag value the writer refuses
+        raise UsageError(str(err)) from None
+
+
 def run(argv=None, test_pipeline=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags.parse("shard", argv, __doc__)
     options = PipelineOptions(argv)
     opts = options.view_as(RunOptions)
-    if not opts.input or not opts.output:
-        raise SystemExit("biomedica shard: --input and --output are required")
+    source = options.view_as(InputOptions).input
+    if not source or not opts.output:
+        raise UsageError("--input and --output are required")
+    refuse_overlap(opts.output, input=source)
     options.view_as(SetupOptions).save_main_session = False
-    files = input_files(figure_files(opts.input))
-    shards = WriteShards.from_args(
-        options.view_as(ShardOptions),
-        opts.output,
-        ParquetSource(),
-        count_rows([f.uri for f in files]),
-    )
+    files = input_files(figure_files(source))
+    rows = count_rows([f.uri for f in files])
+    shards = shard_transform(options, opts.output, ParquetSource(), rows)
     parameters = {
         "samples_per_shard": shards.samples_per_shard,
         "max_caption_chars": shards.max_caption_chars,
     }
-    mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
-    started = time.time()
-    header = {
-        "pipeline": "shard",
-        "input": opts.input,
-        "output": opts.output,
-        "mode": mode,
-        "parameters": parameters,
-    }
-    p = make_pipeline(options, test_pipeline)
-    write_dataset(
-        p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files)),
-        opts.output,
-        shards,
-        opts.input,
-        parameters,
-        header,
+    with output_lock(opts.output) as lock:
+        mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
+        header = {
+            "pipeline": "shard",
+            "input": source,
+            "output": opts.output,
+            "mode": mode,
+            "parameters": parameters,
+        }
+        p = make_pipeline(options, test_pipeline)
+        write_dataset(
+            p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files)),
+            opts.output,
+            shards,
+            source,
+            parameters,
+            header,
+        )
+        shown = progress(opts.log_level, "shard", ["samples", "shards"], rows)
+        result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
+    return nothing_selected(
+        result,
+        STAGE,
+        "the input holds no figure sample",
+        options.view_as(ExtractOptions).allow_empty,
     )
-    return run_and_report(p, opts.output, started, [WORK_DIR])
 
 
-main = main_of(run)
+def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:
+    """A run that wrote no sample says so, and fails unless --allow_empty."""
+    out = result.get("stages", {}).get(stage, {}).get("out")
+    if out == 0 and not result.get("submitted"):
+        message = f"nothing written: {why}"
+        if allow_empty:
+            pipeline = result.get("pipeline", stage)
+            print(f"biomedica {pipeline}: {message} (--allow_empty)", file=sys.stderr)
+        else:
+            result["error"] = f"{message}; pass --allow_empty if that is expected"
+    return result
+
+
+main = main_of(run, "shard")
 
 
 if __name__ == "__main__":

@@ -17,72 +17,86 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipelines.options import RunOptions, ShardOptions, SubsetOptions
-from pipelines.runner import main_of, make_pipeline, run_and_report
+from pipelines import options as flags
+from pipelines.flags import UsageError
+from pipelines.options import ExtractOptions, InputOptions, RunOptions, SubsetOptions
+from pipelines.runner import (
+    main_of,
+    make_pipeline,
+    output_lock,
+    progress,
+    refuse_overlap,
+    run_and_report,
+)
 from pipelines.shard import (
     fingerprint,
     input_files,
+    nothing_selected,
     prepare_dataset_output,
+    shard_transform,
     write_dataset,
 )
 from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.shard.row_filter import FilterError, compile_where
 from transforms.shard.sources import DatasetSubset
-from transforms.shard.write_shards import WORK_DIR, WriteShards, count_rows
+from transforms.shard.write_shards import WORK_DIR, count_rows
 
 STAGE = "subset"
 SUBSET_STAGES = {STAGE: ("out", "filtered")}
 
 
 def run(argv=None, test_pipeline=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags.parse("subset", argv, __doc__)
     options = PipelineOptions(argv)
     opts = options.view_as(RunOptions)
+    source = options.view_as(InputOptions).input
     where = options.view_as(SubsetOptions).where
-    if not (opts.input and opts.output and where):
-        raise SystemExit("biomedica subset: --input, --where and --output are required")
+    if not (source and opts.output and where):
+        raise UsageError("--input, --where and --output are required")
     try:
-        compile_where(where, SHARD_INDEX_SCHEMA.names)
+        compile_where(where, SHARD_INDEX_SCHEMA)
     except FilterError as err:
-        raise SystemExit(f"biomedica subset: {err}") from None
+        raise UsageError(f"--where: {err}") from None
+    refuse_overlap(opts.output, input=source)
     options.view_as(SetupOptions).save_main_session = False
-    pattern = storage.join(opts.input, "parquet", "*", "*.parquet")
+    pattern = storage.join(source, "parquet", "*", "*.parquet")
     files = input_files(pattern)
-    shards = WriteShards.from_args(
-        options.view_as(ShardOptions),
-        opts.output,
-        DatasetSubset(opts.input, where, STAGE),
-        count_rows([f.uri for f in files]),
-    )
+    rows = count_rows([f.uri for f in files])
+    shards = shard_transform(options, opts.output, DatasetSubset(source, where, STAGE), rows)
     parameters = {
         "where": where,
         "samples_per_shard": shards.samples_per_shard,
         "max_caption_chars": shards.max_caption_chars,
     }
-    mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
-    header = {
-        "pipeline": "subset",
-        "input": opts.input,
-        "output": opts.output,
-        "mode": mode,
-        "parameters": parameters,
-    }
-    started = time.time()
-    p = make_pipeline(options, test_pipeline)
-    units = DatasetSubset.units_of([f.uri for f in files])
-    write_dataset(
-        p | "SourceShards" >> beam.Create(units),
-        opts.output,
-        shards,
-        opts.input,
-        parameters,
-        header,
-        earlier_stages=SUBSET_STAGES,
-    )
-    return run_and_report(p, opts.output, started, [WORK_DIR])
+    with output_lock(opts.output) as lock:
+        mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
+        header = {
+            "pipeline": "subset",
+            "input": source,
+            "output": opts.output,
+            "mode": mode,
+            "parameters": parameters,
+        }
+        p = make_pipeline(options, test_pipeline)
+        units = DatasetSubset.units_of([f.uri for f in files])
+        write_dataset(
+            p | "SourceShards" >> beam.Create(units),
+            opts.output,
+            shards,
+            source,
+            parameters,
+            header,
+            earlier_stages=SUBSET_STAGES,
+        )
+        shown = progress(opts.log_level, "subset", ["samples", "shards"])
+        result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
+    why = f"--where matched none of the {rows:,} samples of {source}"
+    return nothing_selected(result, STAGE, why, options.view_as(ExtractOptions).allow_empty)
 
 
-main = main_of(run)
+main = main_of(run, "subset")
 
 
 if __name__ == "__main__":

@@ -909,6 +909,6 @@ def test_subset_of_a_damaged_dataset(built, tmp_path, monkeypatch):
 )
 def test_subset_refuses_bad_filters(built, tmp_path, where):
     output = tmp_path / "refused"
-    with pytest.raises(SystemExit, match="biomedica subset"):
+    with pytest.raises(SystemExit, match="--where"):
         run_subset(built, output, where)
     assert not output.exists()

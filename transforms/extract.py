@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
-from transforms import storage
+from transforms import progress, storage
 from transforms.errors import Rejected
 from transforms.images import checks
 from transforms.jats import parse
@@ -178,6 +178,8 @@ class _ExtractArticle(beam.DoFn):
                 continue
             yield article
             yield from self._figures(own, article, item.graphics, bundle)
+            progress.tick("articles")  # stderr progress of a local run
+            progress.tick("figures", article.article_figure_count)
 
     def _figures(self, ref: ArticleRef, article: Article, candidates, bundle: _Bundle):
         prefix = article.article_accession_id or _fallback_prefix(ref)

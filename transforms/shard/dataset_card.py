@@ -60,10 +60,18 @@ def manifest_bytes(manifest: dict) -> bytes:
 
 
 def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = False) -> bytes:
+    fig = _bar_figure(counts, title, horizontal)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", metadata={"Software": None})
+    return out.getvalue()
+
+
+def _bar_figure(counts: list[tuple[str, int]], title: str, horizontal: bool = False):
     # Figure + Agg canvas directly: pyplot (its import alone costs about half a CPU second)
     # is for interactive use, and keeps global state a worker does not need.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     labels = [str(k) for k, _ in counts] or ["(none)"]
     values = [v for _, v in counts] or [0]
@@ -79,10 +87,34 @@ def _bar_chart(counts: list[tuple[str, int]], title: str, horizontal: bool = Fal
     ax.set_title(title)
     ax.set_xlabel("samples" if horizontal else "")
     ax.set_ylabel("" if horizontal else "samples")
+    # Sample counts are whole: no 0.5 ticks on a chart of small counts.
+    (ax.xaxis if horizontal else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png", metadata={"Software": None})
-    return out.getvalue()
+    return fig
+
+
+def shard_urls(manifest: dict) -> dict[str, str]:
+    """{group: the group's shard files as a webdataset brace pattern}: the runs of
+    consecutive indexes, several runs joined by `::` (webdataset reads both)."""
+    by_folder: dict[str, dict[str, list[int]]] = {}
+    for shard in manifest.get("shards", []):
+        folder, _, name = shard["path"].rpartition("/")
+        by_folder.setdefault(shard["group"], {}).setdefault(folder, []).append(shard["index"])
+    urls = {}
+    for group, folders in by_folder.items():
+        patterns = []
+        for folder, indexes in sorted(folders.items()):
+            indexes = sorted(set(indexes))
+            runs, start = [], indexes[0]
+            for before, after in zip(indexes, [*indexes[1:], None], strict=True):
+                if after != before + 1:
+                    runs.append((start, before))
+                    start = after
+            for first, last in runs:
+                span = f"{first:06d}" if first == last else f"{{{first:06d}..{last:06d}}}"
+                patterns.append(f"{folder}/{span}.tar")
+        urls[group] = "::".join(patterns)
+    return urls
 
 
 _HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.bool_(): "bool"}
@@ -133,6 +165,7 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         "charts/years.png": _bar_chart(years, "Samples by publication year"),
     }
     totals = manifest["totals"]
+    urls = {g: u for g, u in shard_urls(manifest).items() if g in manifest["groups"]}
     configs = "\n".join(
         f"- config_name: {g}\n  data_files:\n  - split: train\n    path: webdataset/{g}/*.tar"
         for g in manifest["groups"]
@@ -200,8 +233,22 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         "",
         "```python",
         "import webdataset as wds",
-        f"ds = wds.WebDataset('webdataset/{next(iter(manifest['groups']), 'commercial')}/"
-        "{000000..000009}.tar').decode('pil').to_tuple('jpg', 'txt', 'json')",
+        "",
+        "shards = {",
+        *[
+            f"    {group!r}: {url!r},  # {manifest['groups'][group]['shards']:,} shards, "
+            f"{manifest['groups'][group]['samples']:,} samples"
+            for group, url in urls.items()
+        ],
+        "}",
+        *(
+            [
+                f"ds = wds.WebDataset(shards[{next(iter(urls))!r}])"
+                ".decode('pil').to_tuple('jpg', 'txt', 'json')"
+            ]
+            if urls
+            else ["# this dataset holds no shards"]
+        ),
         "```",
         "",
     ]

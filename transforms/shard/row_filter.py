@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 _COMPARE = {
     ast.Eq: operator.eq,
@@ -119,14 +119,160 @@ def _compile(node, fields: set[str] | None):
             )
         args = [_compile(a, fields) for a in node.args]
         return lambda row: function(*[a(row) for a in args])
-    raise FilterError(f"unsupported syntax: {ast.dump(node)[:80]}")
+    raise FilterError(
+        f"unsupported syntax {_source(node)!r}; use comparisons (== != < <= > >=), in, not in, "
+        f"and, or, not, and the functions {', '.join(sorted(_FUNCTIONS))}"
+    )
 
 
-def compile_where(text: str, fields: Iterable[str] | None = None) -> Callable[[dict], bool]:
-    """A predicate over row dicts; FilterError for syntax or fields it does not accept."""
+def _source(node) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---- types: a comparison that can never hold is refused before the job starts ---------------
+
+_NAMES = {"int": "a number", "str": "text", "bool": "true/false", "none": "None"}
+
+
+def _what(kind: str) -> str:
+    if kind.startswith("list["):
+        inner = kind[5:-1]
+        return "a list of " + {"int": "numbers", "str": "text", "bool": "true/false"}.get(
+            inner, "values"
+        )
+    return _NAMES.get(kind, kind)
+
+
+def _kind_of_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type):
+        return "list[" + _kind_of_type(arrow_type.value_type) + "]"
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "int"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "str"
+    return "?"
+
+
+def _kind(node, kinds: dict[str, str]) -> str:
+    """The type an expression has ("?" when it cannot be told, "none" for None)."""
+    if isinstance(node, ast.Name):
+        return kinds.get(node.id, "?")
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "bool"
+        return {int: "int", float: "int", str: "str"}.get(type(value), "?")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        name = node.func.id
+        if name == "len":
+            return "int"
+        if name in ("lower", "upper") and node.args:
+            return _kind(node.args[0], kinds)
+        return "bool" if name in _FUNCTIONS else "?"
+    if isinstance(node, (ast.BoolOp, ast.Compare)) or (
+        isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+    ):
+        return "bool"
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        inner = {_kind(e, kinds) for e in node.elts} - {"none"}
+        return f"list[{inner.pop()}]" if len(inner) == 1 else "list[?]"
+    return "?"
+
+
+def _as(node, kind: str) -> str:
+    """A constant (or a literal list of them) rewritten as `kind`, or "" if it does not fit."""
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_as(e, kind) for e in node.elts]
+        return "(" + ", ".join(items) + ")" if all(items) else ""
+    if not isinstance(node, ast.Constant):
+        return ""
+    value = node.value
+    if kind == "int" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return str(int(value))
+    if kind == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(str(value))
+    return ""
+
+
+def _check_pair(left, op, right, kinds: dict[str, str]) -> None:
+    lk, rk = _kind(left, kinds), _kind(right, kinds)
+    if "?" in (lk, rk):
+        return
+    a, b = _source(left), _source(right)
+    never = "so the filter can never match"
+    if isinstance(op, (ast.In, ast.NotIn)):
+        if rk == "none" or (rk == "str" and lk in ("str", "none")):
+            return
+        if rk == "str" or not rk.startswith("list["):
+            raise FilterError(
+                f"{b} is {_what(rk)}: `in` needs a list field or text on its right"
+                + (f" and text on its left, not {_what(lk)}" if rk == "str" else "")
+            )
+        element = rk[5:-1]
+        if element == "?" or lk in (element, "none"):
+            return
+        if lk.startswith("list[") and isinstance(left, ast.Name):
+            raise FilterError(
+                f"{a} is {_what(lk)}, never an item of {b} ({never}); "
+                f"to match any of several values write any_of({a}, [...])"
+            )
+        fixed = _as(left, element) if isinstance(right, ast.Name) else _as(right, lk)
+        fix = ""
+        if fixed:
+            fix = (
+                f"; write {fixed} in {b}"
+                if isinstance(right, ast.Name)
+                else f"; write {a} in {fixed}"
+            )
+        raise FilterError(f"{a} is {_what(lk)} and {b} is {_what(rk)}, {never}{fix}")
+    if "none" in (lk, rk):
+        if not isinstance(op, (ast.Eq, ast.NotEq)):
+            raise FilterError(f"{a} ... {b}: None compares only with == or !=")
+        return
+    if lk != rk:
+        field, other = (right, left) if isinstance(left, ast.Constant) else (left, right)
+        fk, ok = _kind(field, kinds), _kind(other, kinds)
+        fixed = _as(other, fk)
+        fix = f"; compare it with {fixed}" if fixed else ""
+        if fk == "bool" and isinstance(field, ast.Name):
+            fix = f"; write {field.id} or not {field.id}"
+        raise FilterError(
+            f"{_source(field)} is {_what(fk)} but {_source(other)} is {_what(ok)}, {never}{fix}"
+        )
+    if lk.startswith("list[") and not isinstance(op, (ast.Eq, ast.NotEq)):
+        raise FilterError(f"{a} is {_what(lk)}: lists compare only with == or != (or use in)")
+
+
+def _check_types(tree, kinds: dict[str, str]) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for i, op in enumerate(node.ops):
+                _check_pair(operands[i], op, operands[i + 1], kinds)
+
+
+def compile_where(text: str, fields=None) -> Callable[[dict], bool]:
+    """A predicate over row dicts; FilterError for syntax or fields it does not accept.
+
+    `fields`: the field names, or a pyarrow schema: then comparisons are also checked
+    against the fields' types (`article_year >= '2020'` would match nothing).
+    """
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise FilterError(f"not a valid filter: {err.msg} in {text!r}") from None
+    kinds = None
+    if fields is not None and hasattr(fields, "field") and hasattr(fields, "names"):
+        kinds = {f.name: _kind_of_type(f.type) for f in fields}
+        fields = fields.names
     predicate = _compile(tree, set(fields) if fields is not None else None)
+    if kinds is not None:
+        _check_types(tree, kinds)
     return lambda row: bool(predicate(row))

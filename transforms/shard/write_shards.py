@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transforms import storage
+from transforms import progress, storage
 from transforms.outcomes import DEAD, dead
 from transforms.pmc.licenses import GROUPS, OTHER
 from transforms.records import (
@@ -387,6 +387,8 @@ class _WriteUnit(beam.DoFn):
             storage.write_bytes(index_path, table_to_blob(stream.close_piece()))
             closed = [((group, number), (stream.first_rank, stream.uri, index_path))]
         del state.streams[group]  # closed: no longer the finally's to abort
+        progress.tick("samples", index.num_rows)  # stderr progress of a local run
+        progress.tick("shards", int(state.plan.holds_whole(state.unit, group, number)))
         state.settled.update(rows)
         for (journal, year), n in stats.items():
             yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))

@@ -370,8 +370,18 @@ class ExtractArticles(beam.PTransform):
             default=checks.MAX_PIXELS,
             help="decompression-bomb bound: larger images are refused unread",
         )
-        group.add_argument("--max_image_bytes", type=int, default=checks.MAX_BYTES)
-        group.add_argument("--max_xml_bytes", type=int, default=parse.DEFAULT_MAX_XML_BYTES)
+        group.add_argument(
+            "--max_image_bytes",
+            type=int,
+            default=checks.MAX_BYTES,
+            help="larger image files are image_too_large, unread",
+        )
+        group.add_argument(
+            "--max_xml_bytes",
+            type=int,
+            default=parse.DEFAULT_MAX_XML_BYTES,
+            help="larger article XML files are xml_too_large, unread",
+        )
         group.add_argument(
             "--max_archive_bytes",
             type=int,

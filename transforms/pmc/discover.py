@@ -529,7 +529,13 @@ class Discover(beam.PTransform):
             "--source",
             help="s3://bucket[/prefix], gs://..., a local path, or a glob of tar.gz",
         )
-        group.add_argument("--layout", default="auto", choices=LAYOUTS)
+        group.add_argument(
+            "--layout",
+            default="auto",
+            choices=LAYOUTS,
+            help="how the source is laid out; auto names it from a few listed files and refuses"
+            " a source that mixes layouts",
+        )
         group.add_argument(
             "--file_list", default="", help="oa_file_list.csv for oa-package sources"
         )
@@ -543,8 +549,14 @@ class Discover(beam.PTransform):
             default="",
             help="comma list of commercial,noncommercial,other (default: all)",
         )
-        group.add_argument("--include_retracted", action="store_true")
-        group.add_argument("--include_non_oa", action="store_true")
+        group.add_argument(
+            "--include_retracted", action="store_true", help="keep articles marked retracted"
+        )
+        group.add_argument(
+            "--include_non_oa",
+            action="store_true",
+            help="keep versions PMC's metadata marks as not open access",
+        )
         group.add_argument("--modified_since", default="", help="ISO date/time, inclusive")
         group.add_argument("--modified_before", default="", help="ISO date/time, exclusive")
         group.add_argument(
@@ -561,7 +573,12 @@ class Discover(beam.PTransform):
             help="a source with nothing in it (or nothing selected) is not an error",
         )
         # --s3_endpoint_url (mirrors, local servers) is Beam's own S3Options flag.
-        group.add_argument("--s3_anonymous", default="auto", choices=("auto", "true", "false"))
+        group.add_argument(
+            "--s3_anonymous",
+            default="auto",
+            choices=("auto", "true", "false"),
+            help="read s3:// unsigned; auto: unsigned unless credentials are configured",
+        )
 
     @classmethod
     def from_args(cls, args) -> Discover:

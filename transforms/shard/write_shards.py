@@ -438,7 +438,12 @@ class WriteShards(beam.PTransform):
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("shard")
-        group.add_argument("--samples_per_shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD)
+        group.add_argument(
+            "--samples_per_shard",
+            type=int,
+            default=DEFAULT_SAMPLES_PER_SHARD,
+            help="samples per tar shard (the last of a license group may hold fewer)",
+        )
         group.add_argument(
             "--max_caption_chars",
             type=int,

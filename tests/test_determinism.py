@@ -180,3 +180,31 @@ def test_same_rows_in_other_bundles_give_the_same_files(tmp_path, dropped):
     assert len(keys) == 45 - len(dropped) and not set(dropped) & set(keys)
     first = [k for k in keys if k.startswith("PMC4_")]
     assert first == [f"PMC4_F{n}" for n in (1, 2, 3, 10, 11)]
+
+
+def test_a_bundle_stages_into_one_file_whatever_files_it_feeds(tmp_path):
+    """All of PMC is thousands of output files: a bundle holds one open staging writer (one
+    staged file), and each output file is told where its rows lie in it."""
+    from transforms.sinks import _Stage, figure_order
+
+    staging = tmp_path / "staging"
+    stage = _Stage(str(staging), SCHEMA, figure_order, (2, 1 << 30))
+    for bundle in (_rows()[:30], _rows()[30:]):
+        stage.start_bundle()
+        for row in bundle:
+            stage.process(row, 3)
+        assert stage.file is not None  # the one writer of this bundle
+        out = [o.value for o in stage.finish_bundle()]
+        assert len({index for index, _ in out}) >= 2  # it fed several output files
+        assert len({path for _, (path, _) in out}) == 1  # from one staged file
+    staged = sorted(p.name for p in staging.iterdir())
+    assert len(staged) == 2 and all(name.endswith(".arrow") for name in staged)
+
+
+def test_an_empty_bundle_stages_nothing(tmp_path):
+    from transforms.sinks import _Stage, figure_order
+
+    stage = _Stage(str(tmp_path / "staging"), SCHEMA, figure_order, (2, 1 << 30))
+    stage.start_bundle()
+    assert list(stage.finish_bundle()) == []
+    assert not (tmp_path / "staging").exists()

@@ -104,15 +104,18 @@ def article_order(row: dict) -> tuple:
 
 
 class _Stage(beam.DoFn):
-    """Rows to staging files: one Arrow IPC file per (bundle, output file) the bundle
-    touches, named by a fresh id and moved into place whole. Outputs (file index, (staged
-    path, [(sort key, batch, row, key, bytes)])): where each row lies and where it goes.
+    """Rows to staging files: one Arrow IPC file per bundle, named by a fresh id and moved
+    into place whole. Outputs, per output file the bundle touches, (file index, (staged
+    path, [(sort key, batch, row, key, bytes)])): where each of its rows lies in the staged
+    file, whose other batches belong to other output files.
 
-    A retried bundle writes new files; only the names this step outputs are read later, so a
-    failed attempt's file is never used (and goes with the staging folder). All buffers are
-    written out together once what they hold reaches the bound, so a bundle holds at most
-    `batch_rows` rows (or `batch_bytes`) however many output files there are. Each record
-    batch holds one article's rows (or part of them): the copy reads an article at a time.
+    One open writer per bundle, however many output files (all of PMC is thousands; on GCS
+    each open writer holds an upload buffer). A retried bundle writes a new file; only the
+    names this step outputs are read later, so a failed attempt's file is never used (and
+    goes with the staging folder). Buffers are written out together once what they hold
+    reaches the bound, so a bundle holds at most `batch_rows` rows (or `batch_bytes`). Each
+    record batch holds one article's rows (or part of them): the copy reads an article at a
+    time, and only the batches of its own file (the IPC file format reads batches at random).
     """
 
     def __init__(self, staging: str, schema: pa.Schema, order, limits: tuple[int, int]):
@@ -121,7 +124,8 @@ class _Stage(beam.DoFn):
 
     def start_bundle(self):
         self.buffers: dict[int, list[dict]] = {}
-        self.writers: dict[int, list] = {}  # index: [paths, sink, writer, batches, places]
+        self.places: dict[int, list] = {}  # output file index: places of its rows
+        self.file = None  # [paths, sink, writer, batches written]
         self.rows = self.bytes = 0
 
     def process(self, record, count: int):
@@ -133,28 +137,28 @@ class _Stage(beam.DoFn):
             self._flush()
 
     def _flush(self):
+        if self.buffers and self.file is None:
+            self.file = self._open()
         for index, rows in sorted(self.buffers.items()):
-            if index not in self.writers:
-                self.writers[index] = self._open(index)
-            state = self.writers[index]
+            places = self.places.setdefault(index, [])
             # One conversion per buffer (a conversion costs per call), one batch per article.
             table = pa.RecordBatch.from_pylist(rows, schema=self.schema)
             start = 0
             for end in range(1, len(rows) + 1):
                 if end == len(rows) or _article(rows[end]) != _article(rows[start]):
-                    state[2].write_batch(table.slice(start, end - start))
-                    state[4] += [
-                        (self.order(row), state[3], i, row.get("key"), _held_bytes(row))
+                    self.file[2].write_batch(table.slice(start, end - start))
+                    places += [
+                        (self.order(row), self.file[3], i, row.get("key"), _held_bytes(row))
                         for i, row in enumerate(rows[start:end])
                     ]
-                    state[3] += 1
+                    self.file[3] += 1
                     start = end
         self.buffers, self.rows, self.bytes = {}, 0, 0
 
-    def _open(self, index: int) -> list:
+    def _open(self) -> list:
         import uuid
 
-        name = f"{index:05d}-{uuid.uuid4().hex}.arrow"
+        name = f"{uuid.uuid4().hex}.arrow"
         paths = (
             storage.join(self.staging, f"_{name}.inprogress"),
             storage.join(self.staging, name),
@@ -164,16 +168,19 @@ class _Stage(beam.DoFn):
 
             os.makedirs(self.staging, exist_ok=True)
         sink = FileSystems.create(paths[0], compression_type="uncompressed")
-        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0, []]
+        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0]
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
         self._flush()
-        for index, (paths, sink, writer, _, places) in sorted(self.writers.items()):
-            writer.close()
-            sink.close()
-            FileSystems.rename([paths[0]], [paths[1]])
+        if self.file is None:
+            return
+        paths, sink, writer, _ = self.file
+        writer.close()
+        sink.close()
+        FileSystems.rename([paths[0]], [paths[1]])
+        for index, places in sorted(self.places.items()):
             yield GlobalWindows.windowed_value((index, (paths[1], places)))
 
 

@@ -208,3 +208,41 @@ def test_an_empty_bundle_stages_nothing(tmp_path):
     stage.start_bundle()
     assert list(stage.finish_bundle()) == []
     assert not (tmp_path / "staging").exists()
+
+
+def _sorted_table(directory: Path, records: list[dict]) -> dict[str, bytes]:
+    import apache_beam as beam
+
+    from transforms.sinks import WriteSortedTable
+
+    schema = pa.schema([("key", pa.string()), ("duplicate_of", pa.string())])
+    with beam.Pipeline() as p:
+        _ = (
+            p
+            | beam.Create(records)
+            | WriteSortedTable(str(directory), schema, lambda d: d["key"], rows_per_file=3)
+        )
+    return {f.name: f.read_bytes() for f in sorted(directory.glob("*"))}
+
+
+def test_sorted_table_is_spread_over_files_each_sorted_on_its_own(tmp_path):
+    """Duplicates of all of PMC never meet on one worker: n files from the count, each
+    sorted by key; the same records in another order give the same bytes."""
+    records = [{"key": f"PMC{i}_F1", "duplicate_of": f"PMC{i + 100}_F1"} for i in range(10)]
+    one = _sorted_table(tmp_path / "a", records)
+    two = _sorted_table(tmp_path / "b", list(reversed(records)))
+    assert one == two
+    assert all(name.endswith("-of-00004.parquet") for name in one)
+    assert len(one) >= 2
+    keys = []
+    for name in one:
+        part = articles_of(tmp_path / "a" / name, "key")
+        assert part == sorted(part)
+        keys += part
+    assert sorted(keys) == sorted(r["key"] for r in records)
+
+
+def test_sorted_table_of_nothing_is_one_empty_file(tmp_path):
+    written = _sorted_table(tmp_path / "a", [])
+    assert list(written) == ["part-00000-of-00001.parquet"]
+    assert pq.read_table(tmp_path / "a" / "part-00000-of-00001.parquet").num_rows == 0

@@ -347,30 +347,56 @@ class WriteArticleFiles(beam.PTransform):
         )
 
 
+# Rows per file of a sorted table: a file's rows are sorted in one worker.
+SORTED_ROWS_PER_FILE = 100_000
+
+
+def _sorted_file(row: dict, sort_key, count: int) -> int:
+    data = repr(sort_key(row)).encode("utf-8", "replace")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % count
+
+
+def _tie_break(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=_digest)
+
+
 @dataclass
 class WriteSortedTable(beam.PTransform):
-    """Small records to one Parquet file, `directory/part-00000-of-00001.parquet`, sorted by
-    `sort_key` (whatever order they came in)."""
+    """Small records to `directory/part-<i>-of-<n>.parquet`, like the dead letters: each
+    row's `sort_key` hashes it to one of n files (n from the count), each file sorted by
+    `sort_key` on its own, so no worker holds them all and the same records give the same
+    files whatever order they came in. No records: one empty file (readers find the table)."""
 
     directory: str
     schema: pa.Schema
-    sort_key: object  # row dict -> sortable
+    sort_key: object  # row dict -> sortable; its repr() places the row
+    rows_per_file: int = SORTED_ROWS_PER_FILE
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, records):
+        rows = records | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
+        total = rows | "Count" >> beam.combiners.Count.Globally()
+        per_file = self.rows_per_file
+        count = beam.pvalue.AsSingleton(
+            total | "Files" >> beam.Map(lambda n: max(1, -(-n // per_file)))
+        )
+        sort_key, write = self.sort_key, (self.directory, self.schema, self.sort_key)
+        total | "Empty" >> beam.FlatMap(
+            lambda n: [_write_sorted([], 0, 1, *write)] if not n else []
+        )
         return (
-            records
-            | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
-            | "All" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(_write_sorted, self.directory, self.schema, self.sort_key)
+            rows
+            | "ToFile" >> beam.Map(lambda r, n: (_sorted_file(r, sort_key, n), r), count)
+            | "ByFile" >> beam.GroupByKey()
+            | "Write" >> beam.Map(lambda part, n: _write_sorted(part[1], part[0], n, *write), count)
         )
 
 
-def _write_sorted(rows: list[dict], directory: str, schema: pa.Schema, sort_key) -> int:
-    rows = sorted(rows, key=sort_key)
-    name = article_files.file_name(0, 1)
+def _write_sorted(rows, index: int, count: int, directory: str, schema: pa.Schema, sort_key) -> int:
+    rows = sorted(rows, key=lambda row: (sort_key(row), _tie_break(row)))
+    name = article_files.file_name(index, count)
     if "://" not in directory:
         import os
 

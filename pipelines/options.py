@@ -52,6 +52,17 @@ class ShardOptions(PipelineOptions):
         WriteShards.add_arguments(parser)
 
 
+class ShardInputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument_group("shard input").add_argument(
+            "--without_article_text",
+            action="store_true",
+            help="shard figure files that have no extract/articles file beside them: every "
+            "sample's article_text is then empty (refused otherwise)",
+        )
+
+
 class SubsetOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -79,7 +90,7 @@ SIGNED = frozenset({"--near_duplicate_threshold"})
 
 OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
-    "shard": (InputOptions, ShardOptions, RunOptions, AllowEmpty),
+    "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
 }
 

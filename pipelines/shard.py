@@ -11,15 +11,24 @@ identical shards are kept); anything else is refused unless --overwrite.
 from __future__ import annotations
 
 import json
+import posixpath
 import sys
 import time
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import ExtractOptions, InputOptions, RunOptions, ShardOptions
+from pipelines.options import (
+    ExtractOptions,
+    InputOptions,
+    RunOptions,
+    ShardInputOptions,
+    ShardOptions,
+)
 from pipelines.runner import (
     REPORT,
     main_of,
@@ -30,11 +39,12 @@ from pipelines.runner import (
     run_and_report,
 )
 from transforms import report, storage
+from transforms.article_files import sibling
 from transforms.outcomes import DEAD
 from transforms.shard import dataset_card
-from transforms.shard.sources import ParquetSource
+from transforms.shard.sources import TEXT, ParquetSource
 from transforms.shard.write_shards import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, count_rows
-from transforms.sinks import WriteDeadLetters
+from transforms.sinks import WriteDeadLetters, open_native
 
 RUN_FILE = "_run.json"
 SHARD_STAGES = {STAGE: ("out", "dead_letter")}
@@ -62,6 +72,56 @@ def input_files(pattern: str) -> list[storage.FileInfo]:
     if not files:
         raise SystemExit(f"no Parquet matches {pattern}")
     return files
+
+
+def figure_inputs(pattern: str, allow_empty: bool) -> list[storage.FileInfo]:
+    """The figure files to shard. None is an error (an extract that found nothing new
+    writes none) unless --allow_empty, which then writes an empty dataset."""
+    files = storage.glob(pattern)
+    if not files and not allow_empty:
+        raise SystemExit(
+            f"no figure files at {pattern}: the input holds no figure sample (an extract that "
+            "found nothing new writes none); pass --allow_empty to write an empty dataset"
+        )
+    return files
+
+
+def _has_text_column(uri: str) -> bool:
+    source = open_native(uri)
+    try:
+        return TEXT in pq.ParquetFile(source).schema_arrow.names
+    except (OSError, ValueError, pa.ArrowException):
+        return True  # unreadable: the job dead-letters it, with the reason
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def refuse_missing_texts(files: list[storage.FileInfo], without_text: bool) -> None:
+    """Refuse, before the job, figure files whose article texts are nowhere: no
+    `article_text` column and no articles file of the same name in the sibling folder
+    (copying extract/figures alone would give every sample an empty text, silently)."""
+    if without_text:
+        return
+    present: dict[str, set[str]] = {}
+    missing = []
+    for found in files:
+        articles = sibling(found.uri)
+        folder, name = posixpath.split(articles)
+        if folder not in present:  # one listing per folder, not one request per file
+            present[folder] = {
+                posixpath.basename(f.uri) for f in storage.glob(storage.join(folder, "*.parquet"))
+            }
+        if name not in present[folder] and not _has_text_column(found.uri):
+            missing.append((found.uri, articles))
+    if missing:
+        figures, articles = missing[0]
+        more = f" (and {len(missing) - 1} more figure files)" if len(missing) > 1 else ""
+        raise SystemExit(
+            f"{articles} is missing: it holds the article texts of {figures}{more}; copy "
+            "extract/articles beside extract/figures, or pass --without_article_text to "
+            "write every sample with an empty article_text"
+        )
 
 
 def fingerprint(files: list[storage.FileInfo], parameters: dict) -> dict:
@@ -197,13 +257,20 @@ def run(argv=None, test_pipeline=None) -> dict:
         raise UsageError("--input and --output are required")
     refuse_overlap(opts.output, input=source)
     options.view_as(SetupOptions).save_main_session = False
-    files = input_files(figure_files(source))
+    allow_empty = options.view_as(ExtractOptions).allow_empty
+    without_text = options.view_as(ShardInputOptions).without_article_text
+    files = figure_inputs(figure_files(source), allow_empty)
+    refuse_missing_texts(files, without_text)
     rows = count_rows([f.uri for f in files])
-    shards = shard_transform(options, opts.output, ParquetSource(), rows)
+    shards = shard_transform(
+        options, opts.output, ParquetSource(article_text=not without_text), rows
+    )
     parameters = {
         "samples_per_shard": shards.samples_per_shard,
         "max_caption_chars": shards.max_caption_chars,
     }
+    if without_text:  # said in the manifest and card: the texts were left out on purpose
+        parameters["without_article_text"] = True
     with output_lock(opts.output) as lock:
         mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
         header = {
@@ -224,12 +291,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         )
         shown = progress(opts.log_level, "shard", ["samples", "shards"], rows)
         result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
-    return nothing_selected(
-        result,
-        STAGE,
-        "the input holds no figure sample",
-        options.view_as(ExtractOptions).allow_empty,
-    )
+    return nothing_selected(result, STAGE, "the input holds no figure sample", allow_empty)
 
 
 def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -160,14 +161,98 @@ def test_figure_file_that_carries_the_text_keeps_it(built, tmp_path):
     }
 
 
-def test_figure_file_without_articles_gets_an_empty_text(built, tmp_path):
+def _shard(argv: list[str], capsys) -> tuple[int, str]:
+    """`biomedica shard ARGV` as a user runs it: exit status and stderr."""
+    code = shard_pipeline.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_figure_file_without_articles_is_refused_before_the_job(built, tmp_path, capsys):
+    """Copying extract/figures alone would give every sample an empty text: refused, in one
+    line naming the missing file and the flag that accepts it."""
     _figures_alone(built, tmp_path / "figures", with_text=False)
     output = tmp_path / "dataset"
-    report = shard_pipeline.run(
-        ["--input", str(tmp_path / "figures" / "*.parquet"), "--output", str(output)]
+    code, err = _shard(
+        ["--input", str(tmp_path / "figures" / "*.parquet"), "--output", str(output)], capsys
     )
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(tmp_path / "articles" / "part-0.parquet") in err
+    assert "--without_article_text" in err
+    assert not output.exists()
+
+
+def test_one_figure_file_without_articles_among_others_is_refused(built, tmp_path, capsys):
+    extract = tmp_path / "extract"
+    for part in ("figures", "articles"):
+        shutil.copytree(built["extract"] / "extract" / part, extract / "extract" / part)
+    gone = sorted((extract / "extract" / "articles").glob("*.parquet"))[-1]
+    gone.unlink()
+    code, err = _shard(["--input", str(extract), "--output", str(tmp_path / "dataset")], capsys)
+    assert code == 1 and str(gone) in err and "--without_article_text" in err, err
+
+
+def test_without_article_text_writes_empty_texts_and_says_so(built, tmp_path, capsys):
+    _figures_alone(built, tmp_path / "figures", with_text=False)
+    output = tmp_path / "dataset"
+    argv = ["--input", str(tmp_path / "figures" / "*.parquet"), "--output", str(output)]
+    code, err = _shard([*argv, "--without_article_text"], capsys)
+    assert code == 0, err
+    report = json.loads((output / "run_report.json").read_text())
     assert report["balanced"] and report["stages"]["shard"]["out"] == sum(FIGURES.values())
     assert set(json_texts(output).values()) == {""}
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["parameters"]["without_article_text"] is True
+
+
+def test_article_missing_from_its_articles_file_is_counted_and_marked(built, tmp_path):
+    """An articles file that lacks one article: its samples keep an empty text, each with a
+    `fixes` entry, and the run report counts them."""
+    extract = tmp_path / "extract"
+    for part in ("figures", "articles"):
+        shutil.copytree(built["extract"] / "extract" / part, extract / "extract" / part)
+    for path in (extract / "extract" / "articles").glob("*.parquet"):
+        table = pq.read_table(path)
+        keep = [a != "PMC102" for a in table.column("article_accession_id").to_pylist()]
+        pq.write_table(table.filter(pa.array(keep)), path)
+    output = tmp_path / "dataset"
+    report = shard_pipeline.run(["--input", str(extract), "--output", str(output)])
+    assert report["balanced"], report
+    shard = report["stages"]["shard"]
+    assert shard["out"] == sum(FIGURES.values())
+    assert shard["samples_without_article_text"] == FIGURES["PMC102"]
+    fixes = json_fields(output, "fixes")
+    for key, text in json_texts(output).items():
+        if key.startswith("PMC102_"):
+            assert text == "" and "article_text_not_found" in fixes[key], key
+        else:
+            assert text == body_of("PMC101") and "article_text_not_found" not in fixes[key]
+
+
+def json_fields(dataset: Path, field: str) -> dict:
+    out = {}
+    for path in sorted(dataset.glob("webdataset/*/*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    out[meta["key"]] = meta[field]
+    return out
+
+
+def test_extract_that_found_nothing_new_shards_only_with_allow_empty(tmp_path, capsys):
+    """An incremental extract that found nothing writes no figure files: shard says so and
+    names --allow_empty; with it, an empty dataset (0 samples) and status 0."""
+    extract = tmp_path / "extract"
+    (extract / "extract").mkdir(parents=True)
+    (extract / "run_report.json").write_text("{}")
+    output = tmp_path / "dataset"
+    code, err = _shard(["--input", str(extract), "--output", str(output)], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "no figure files" in err and "--allow_empty" in err
+    code, err = _shard(["--input", str(extract), "--output", str(output), "--allow_empty"], capsys)
+    assert code == 0, err
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["totals"]["samples"] == 0 and manifest["shards"] == []
 
 
 # ---- the join, unit by unit ----------------------------------------------------------------------

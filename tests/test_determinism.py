@@ -180,3 +180,69 @@ def test_same_rows_in_other_bundles_give_the_same_files(tmp_path, dropped):
     assert len(keys) == 45 - len(dropped) and not set(dropped) & set(keys)
     first = [k for k in keys if k.startswith("PMC4_")]
     assert first == [f"PMC4_F{n}" for n in (1, 2, 3, 10, 11)]
+
+
+def test_a_bundle_stages_into_one_file_whatever_files_it_feeds(tmp_path):
+    """All of PMC is thousands of output files: a bundle holds one open staging writer (one
+    staged file), and each output file is told where its rows lie in it."""
+    from transforms.sinks import _Stage, figure_order
+
+    staging = tmp_path / "staging"
+    stage = _Stage(str(staging), SCHEMA, figure_order, (2, 1 << 30))
+    for bundle in (_rows()[:30], _rows()[30:]):
+        stage.start_bundle()
+        for row in bundle:
+            stage.process(row, 3)
+        assert stage.file is not None  # the one writer of this bundle
+        out = [o.value for o in stage.finish_bundle()]
+        assert len({index for index, _ in out}) >= 2  # it fed several output files
+        assert len({path for _, (path, _) in out}) == 1  # from one staged file
+    staged = sorted(p.name for p in staging.iterdir())
+    assert len(staged) == 2 and all(name.endswith(".arrow") for name in staged)
+
+
+def test_an_empty_bundle_stages_nothing(tmp_path):
+    from transforms.sinks import _Stage, figure_order
+
+    stage = _Stage(str(tmp_path / "staging"), SCHEMA, figure_order, (2, 1 << 30))
+    stage.start_bundle()
+    assert list(stage.finish_bundle()) == []
+    assert not (tmp_path / "staging").exists()
+
+
+def _sorted_table(directory: Path, records: list[dict]) -> dict[str, bytes]:
+    import apache_beam as beam
+
+    from transforms.sinks import WriteSortedTable
+
+    schema = pa.schema([("key", pa.string()), ("duplicate_of", pa.string())])
+    with beam.Pipeline() as p:
+        _ = (
+            p
+            | beam.Create(records)
+            | WriteSortedTable(str(directory), schema, lambda d: d["key"], rows_per_file=3)
+        )
+    return {f.name: f.read_bytes() for f in sorted(directory.glob("*"))}
+
+
+def test_sorted_table_is_spread_over_files_each_sorted_on_its_own(tmp_path):
+    """Duplicates of all of PMC never meet on one worker: n files from the count, each
+    sorted by key; the same records in another order give the same bytes."""
+    records = [{"key": f"PMC{i}_F1", "duplicate_of": f"PMC{i + 100}_F1"} for i in range(10)]
+    one = _sorted_table(tmp_path / "a", records)
+    two = _sorted_table(tmp_path / "b", list(reversed(records)))
+    assert one == two
+    assert all(name.endswith("-of-00004.parquet") for name in one)
+    assert len(one) >= 2
+    keys = []
+    for name in one:
+        part = articles_of(tmp_path / "a" / name, "key")
+        assert part == sorted(part)
+        keys += part
+    assert sorted(keys) == sorted(r["key"] for r in records)
+
+
+def test_sorted_table_of_nothing_is_one_empty_file(tmp_path):
+    written = _sorted_table(tmp_path / "a", [])
+    assert list(written) == ["part-00000-of-00001.parquet"]
+    assert pq.read_table(tmp_path / "a" / "part-00000-of-00001.parquet").num_rows == 0

@@ -104,15 +104,18 @@ def article_order(row: dict) -> tuple:
 
 
 class _Stage(beam.DoFn):
-    """Rows to staging files: one Arrow IPC file per (bundle, output file) the bundle
-    touches, named by a fresh id and moved into place whole. Outputs (file index, (staged
-    path, [(sort key, batch, row, key, bytes)])): where each row lies and where it goes.
+    """Rows to staging files: one Arrow IPC file per bundle, named by a fresh id and moved
+    into place whole. Outputs, per output file the bundle touches, (file index, (staged
+    path, [(sort key, batch, row, key, bytes)])): where each of its rows lies in the staged
+    file, whose other batches belong to other output files.
 
-    A retried bundle writes new files; only the names this step outputs are read later, so a
-    failed attempt's file is never used (and goes with the staging folder). All buffers are
-    written out together once what they hold reaches the bound, so a bundle holds at most
-    `batch_rows` rows (or `batch_bytes`) however many output files there are. Each record
-    batch holds one article's rows (or part of them): the copy reads an article at a time.
+    One open writer per bundle, however many output files (all of PMC is thousands; on GCS
+    each open writer holds an upload buffer). A retried bundle writes a new file; only the
+    names this step outputs are read later, so a failed attempt's file is never used (and
+    goes with the staging folder). Buffers are written out together once what they hold
+    reaches the bound, so a bundle holds at most `batch_rows` rows (or `batch_bytes`). Each
+    record batch holds one article's rows (or part of them): the copy reads an article at a
+    time, and only the batches of its own file (the IPC file format reads batches at random).
     """
 
     def __init__(self, staging: str, schema: pa.Schema, order, limits: tuple[int, int]):
@@ -121,7 +124,8 @@ class _Stage(beam.DoFn):
 
     def start_bundle(self):
         self.buffers: dict[int, list[dict]] = {}
-        self.writers: dict[int, list] = {}  # index: [paths, sink, writer, batches, places]
+        self.places: dict[int, list] = {}  # output file index: places of its rows
+        self.file = None  # [paths, sink, writer, batches written]
         self.rows = self.bytes = 0
 
     def process(self, record, count: int):
@@ -133,28 +137,28 @@ class _Stage(beam.DoFn):
             self._flush()
 
     def _flush(self):
+        if self.buffers and self.file is None:
+            self.file = self._open()
         for index, rows in sorted(self.buffers.items()):
-            if index not in self.writers:
-                self.writers[index] = self._open(index)
-            state = self.writers[index]
+            places = self.places.setdefault(index, [])
             # One conversion per buffer (a conversion costs per call), one batch per article.
             table = pa.RecordBatch.from_pylist(rows, schema=self.schema)
             start = 0
             for end in range(1, len(rows) + 1):
                 if end == len(rows) or _article(rows[end]) != _article(rows[start]):
-                    state[2].write_batch(table.slice(start, end - start))
-                    state[4] += [
-                        (self.order(row), state[3], i, row.get("key"), _held_bytes(row))
+                    self.file[2].write_batch(table.slice(start, end - start))
+                    places += [
+                        (self.order(row), self.file[3], i, row.get("key"), _held_bytes(row))
                         for i, row in enumerate(rows[start:end])
                     ]
-                    state[3] += 1
+                    self.file[3] += 1
                     start = end
         self.buffers, self.rows, self.bytes = {}, 0, 0
 
-    def _open(self, index: int) -> list:
+    def _open(self) -> list:
         import uuid
 
-        name = f"{index:05d}-{uuid.uuid4().hex}.arrow"
+        name = f"{uuid.uuid4().hex}.arrow"
         paths = (
             storage.join(self.staging, f"_{name}.inprogress"),
             storage.join(self.staging, name),
@@ -164,16 +168,19 @@ class _Stage(beam.DoFn):
 
             os.makedirs(self.staging, exist_ok=True)
         sink = FileSystems.create(paths[0], compression_type="uncompressed")
-        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0, []]
+        return [paths, sink, pa.ipc.new_file(sink, self.schema), 0]
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
         self._flush()
-        for index, (paths, sink, writer, _, places) in sorted(self.writers.items()):
-            writer.close()
-            sink.close()
-            FileSystems.rename([paths[0]], [paths[1]])
+        if self.file is None:
+            return
+        paths, sink, writer, _ = self.file
+        writer.close()
+        sink.close()
+        FileSystems.rename([paths[0]], [paths[1]])
+        for index, places in sorted(self.places.items()):
             yield GlobalWindows.windowed_value((index, (paths[1], places)))
 
 
@@ -340,30 +347,56 @@ class WriteArticleFiles(beam.PTransform):
         )
 
 
+# Rows per file of a sorted table: a file's rows are sorted in one worker.
+SORTED_ROWS_PER_FILE = 100_000
+
+
+def _sorted_file(row: dict, sort_key, count: int) -> int:
+    data = repr(sort_key(row)).encode("utf-8", "replace")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % count
+
+
+def _tie_break(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=_digest)
+
+
 @dataclass
 class WriteSortedTable(beam.PTransform):
-    """Small records to one Parquet file, `directory/part-00000-of-00001.parquet`, sorted by
-    `sort_key` (whatever order they came in)."""
+    """Small records to `directory/part-<i>-of-<n>.parquet`, like the dead letters: each
+    row's `sort_key` hashes it to one of n files (n from the count), each file sorted by
+    `sort_key` on its own, so no worker holds them all and the same records give the same
+    files whatever order they came in. No records: one empty file (readers find the table)."""
 
     directory: str
     schema: pa.Schema
-    sort_key: object  # row dict -> sortable
+    sort_key: object  # row dict -> sortable; its repr() places the row
+    rows_per_file: int = SORTED_ROWS_PER_FILE
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, records):
+        rows = records | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
+        total = rows | "Count" >> beam.combiners.Count.Globally()
+        per_file = self.rows_per_file
+        count = beam.pvalue.AsSingleton(
+            total | "Files" >> beam.Map(lambda n: max(1, -(-n // per_file)))
+        )
+        sort_key, write = self.sort_key, (self.directory, self.schema, self.sort_key)
+        total | "Empty" >> beam.FlatMap(
+            lambda n: [_write_sorted([], 0, 1, *write)] if not n else []
+        )
         return (
-            records
-            | "AsRows" >> beam.Map(lambda r: r if isinstance(r, dict) else as_row(r))
-            | "All" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(_write_sorted, self.directory, self.schema, self.sort_key)
+            rows
+            | "ToFile" >> beam.Map(lambda r, n: (_sorted_file(r, sort_key, n), r), count)
+            | "ByFile" >> beam.GroupByKey()
+            | "Write" >> beam.Map(lambda part, n: _write_sorted(part[1], part[0], n, *write), count)
         )
 
 
-def _write_sorted(rows: list[dict], directory: str, schema: pa.Schema, sort_key) -> int:
-    rows = sorted(rows, key=sort_key)
-    name = article_files.file_name(0, 1)
+def _write_sorted(rows, index: int, count: int, directory: str, schema: pa.Schema, sort_key) -> int:
+    rows = sorted(rows, key=lambda row: (sort_key(row), _tie_break(row)))
+    name = article_files.file_name(index, count)
     if "://" not in directory:
         import os
 

@@ -111,20 +111,46 @@ class ArticleTexts:
 
     def column(self, table: pa.Table) -> pa.DictionaryArray:
         """The text of each row's article, for a figure table."""
+        return self.lookup(table)[0]
+
+    def lookup(self, table: pa.Table) -> tuple[pa.DictionaryArray, list[bool]]:
+        """The text of each row's article, and whether the file held that article."""
         values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
         ids = [article_id(*v) for v in values]
         found = self.texts(set(ids))
-        return text_column([found.get(a, "") for a in ids])
+        return text_column([found.get(a, "") for a in ids]), [a in found for a in ids]
 
 
 def _column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
 
 
+# The `fixes` entry of a sample whose article its articles file lacks (its text is "").
+TEXT_NOT_FOUND = "article_text_not_found"
+
+
+def with_fix(table: pa.Table, rows: list[bool], fix: str) -> pa.Table:
+    """`fix` added to the `fixes` of the rows marked True (the column made if absent)."""
+    prior = _column(table, "fixes")
+    fixes = [
+        [*(p or []), fix] if mark else list(p or []) for p, mark in zip(prior, rows, strict=True)
+    ]
+    column = pa.array(fixes, pa.list_(pa.string()))
+    if "fixes" in table.column_names:
+        return table.set_column(table.schema.get_field_index("fixes"), "fixes", column)
+    return table.append_column("fixes", column)
+
+
 class ParquetSource:
     """Figure Parquet files (extract's output): a unit is a file's URI. The article text,
     held once per article, comes from the articles file of the same name beside the figures
-    folder (none there: an empty text); a figure file that carries the column keeps its own."""
+    folder; a figure file that carries the column keeps its own. An article that file lacks
+    gets an empty text and a `fixes` entry (TEXT_NOT_FOUND), counted by the shard stage.
+    No articles file: an error (the unit's rows are dead-lettered) unless `article_text`
+    is False (--without_article_text), when every text is empty, as asked."""
+
+    def __init__(self, article_text: bool = True):
+        self.article_text = article_text
 
     def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
         return next(_read_parquet(unit, LIGHT_COLUMNS)), []
@@ -135,10 +161,14 @@ class ParquetSource:
         for table in _read_parquet(unit, batch_rows=BATCH_ROWS):
             if TEXT in table.column_names:
                 yield table
-            elif texts is None:
+            elif texts is not None:
+                column, found = texts.lookup(table)
+                table = table.append_column(TEXT, column)
+                yield with_fix(table, [not f for f in found], TEXT_NOT_FOUND)
+            elif not self.article_text:
                 yield table.append_column(TEXT, text_column([""] * table.num_rows))
-            else:
-                yield table.append_column(TEXT, texts.column(table))
+            else:  # checked before the job: gone since
+                raise FileNotFoundError(f"{articles} (the article texts of {unit}) is missing")
 
 
 # A dataset's index columns that say where a sample lay; `fixes` travels on with the sample.

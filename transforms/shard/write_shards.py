@@ -46,7 +46,7 @@ from transforms.shard.samples import (
     check_text,
     sample_json_parts,
 )
-from transforms.shard.sources import TEXT, TEXT_TYPE, text_column
+from transforms.shard.sources import TEXT, TEXT_NOT_FOUND, TEXT_TYPE, text_column
 from transforms.shard.webdataset_tar import sample_parts
 from transforms.shard.writer import TarStream
 from transforms.sinks import open_native
@@ -57,6 +57,8 @@ DEFAULT_SAMPLES_PER_SHARD = 1000
 KEYS_PER_BUCKET = 200_000
 WORK_DIR = "_work"  # shard pieces of a run in progress
 COUNTS = "counts"  # (count name, n) pairs for the run report
+# Samples written with an empty article_text: their articles file lacked the article.
+TEXT_MISSING = "samples_without_article_text"
 STATS = "stats"  # ((group, journal, year), n) for the dataset card
 RECORDS = "records"  # ShardRecords of shards written whole by one unit
 CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
@@ -322,6 +324,9 @@ class _WriteUnit(beam.DoFn):
             groups.append(group)
         if not kept:
             return
+        missing = sum(TEXT_NOT_FOUND in made for made in fixes)
+        if missing:
+            yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.{TEXT_MISSING}", missing))
         meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
         for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
             meta = meta.set_column(
@@ -487,7 +492,7 @@ class WriteShards(beam.PTransform):
         written = units | "Write" >> beam.ParDo(
             _WriteUnit(self.source, per_shard, self.max_caption_chars, work, self.output),
             plan=beam.pvalue.AsSingleton(plan),
-        ).with_outputs(DEAD, STATS, RECORDS, main="pieces")
+        ).with_outputs(DEAD, STATS, RECORDS, COUNTS, main="pieces")
         joined = (
             written.pieces
             | "GroupPieces" >> beam.GroupByKey()
@@ -499,7 +504,7 @@ class WriteShards(beam.PTransform):
         return {
             "records": (written[RECORDS], joined) | "AllShards" >> beam.Flatten(),
             STATS: written[STATS],
-            COUNTS: placed[COUNTS],
+            COUNTS: (placed[COUNTS], written[COUNTS]) | "ShardCounts" >> beam.Flatten(),
             DEAD: (placed[DEAD], duplicate_dead, written[DEAD]) | "ShardDead" >> beam.Flatten(),
         }
 

@@ -205,6 +205,10 @@ def test_auto_refuses_a_mixed_source(tmp_path):
         detect_layout(str(root), S3Config())
     shutil.rmtree(root / "PMC1")
     assert detect_layout(str(root), S3Config()) == "oa-bulk"
+    # A folder of images whose XML is gone, beside packages, is not skipped silently.
+    write(root / "lost", {"g1.jpg": jpeg(2)})
+    with pytest.raises(SystemExit, match="g1.jpg"):
+        detect_layout(str(root), S3Config())
 
 
 @pytest.mark.parametrize("source", ["missing", "empty", "nothing*.tar.gz"])
@@ -432,6 +436,7 @@ def test_oa_packages_copies_and_file_list(tmp_path):
     write(root / "a", {"PMC71.tar.gz": package("PMC71", 1)})
     write(root / "b", {"PMC71.tar.gz": package("PMC71", 2), "PMC72.tar.gz": package("PMC72", 3)})
     write(root / "stray", {"PMC79.nxml": jats("PMC79")})  # the folder layout's
+    write(root / "images", {"g1.jpg": jpeg(4)})  # an article folder that lost its XML
     listing = tmp_path / "oa_file_list.csv"
     listing.write_bytes(_file_list([("a/PMC71.tar.gz", "PMC71", "2024-01-01 00:00:00")]))
     out = tmp_path / "out"
@@ -446,6 +451,7 @@ def test_oa_packages_copies_and_file_list(tmp_path):
     assert filtered == {
         ("duplicate_version", "PMC71"): str(root / "b" / "PMC71.tar.gz"),
         ("other_layout", "PMC79.nxml"): str(root / "stray" / "PMC79.nxml"),
+        ("other_layout", "g1.jpg"): str(root / "images" / "g1.jpg"),
     }
     assert report["stages"]["discover"]["packages_not_in_file_list"] == 1
 

@@ -40,7 +40,9 @@ def _layout_of_file(name: str) -> str:
     lower = name.lower()
     if lower.endswith(_PACKAGE_SUFFIXES):
         return "oa-bulk" if _BULK_NAME.search(name) else "oa-package"
-    if lower.endswith(legacy.XML_EXTENSIONS):
+    # Images belong to article folders too: beside packages, a folder of images without its
+    # XML must show (counted, or refused by auto) rather than vanish.
+    if lower.endswith(legacy.XML_EXTENSIONS) or lower.endswith(IMAGE_EXTENSIONS):
         return "folder"
     return ""
 

@@ -278,6 +278,15 @@ def _quiet_interrupted_workers(level: str) -> None:
         if level != "DEBUG" and text.startswith("Worker subprocess exited with return code"):
             if text.rsplit(" ", 1)[-1] in ("130", "143", "-2", "-15"):
                 return
+        # The thread reading a worker's control stream dies with the worker's channel; what
+        # ended the run is reported by the launcher (interrupted, or the failure itself).
+        name = getattr(args.thread, "name", "") or ""
+        if (
+            level != "DEBUG"
+            and name.startswith("beam_")
+            and "RpcError" in type(args.exc_value).__name__
+        ):
+            return
         previous(args)
 
     threading.excepthook = hook

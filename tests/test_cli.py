@@ -846,3 +846,25 @@ def test_interrupted_or_failed_run_one_line_and_no_work_left(step, code, line, t
     assert main_of(_pipeline_run(out, step), "extract")([]) == code
     assert capsys.readouterr().err.splitlines()[0].startswith(line)
     assert not (out / "_work").exists() and not (out / LOCK_FILE).exists()
+
+
+def test_interrupt_quiet_about_the_worker_channel_it_closed(capsys, monkeypatch):
+    import threading
+
+    import grpc
+
+    from pipelines.runner import main_of
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # prints, as in use
+
+    def run(argv):
+        def read_control():
+            raise grpc.RpcError()  # a multi_processing worker's channel, closed by Ctrl-C
+
+        reader = threading.Thread(target=read_control, name="beam_control_read")
+        reader.start()
+        reader.join()
+        raise KeyboardInterrupt
+
+    assert main_of(run, "extract")([]) == 130
+    assert capsys.readouterr().err.splitlines() == ["biomedica extract: interrupted"]

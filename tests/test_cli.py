@@ -704,6 +704,47 @@ def s3_output(monkeypatch):
         server.stop()
 
 
+@pytest.fixture
+def gcs_output(monkeypatch):
+    """A gs:// output on the gcp-storage-emulator, taught the ifGenerationMatch precondition
+    of real GCS (the emulator ignores it) for uploads and deletes."""
+    from http import HTTPStatus
+
+    from conftest import gcs_emulator
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def generation(request, storage, name) -> str:
+        try:
+            return str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+        except NotFound:
+            return "0"
+
+    def guarded(handler, name_of):
+        def handle(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted and generation(request, storage, name_of(request)) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                return None
+            return handler(request, response, storage, *args, **kwargs)
+
+        return handle
+
+    def upload_name(request):
+        if "name" in request.query:
+            return request.query["name"][0]
+        return request.data["meta"].get("name")
+
+    for _, methods in server.HANDLERS:
+        if methods.get(server.POST) is server.objects.insert:
+            monkeypatch.setitem(methods, server.POST, guarded(methods[server.POST], upload_name))
+        if methods.get(server.DELETE) is server.objects.delete:
+            guard = guarded(methods[server.DELETE], lambda r: r.params["object_id"])
+            monkeypatch.setitem(methods, server.DELETE, guard)
+    with gcs_emulator("locks"):
+        yield "gs://locks/run"
+
+
 def _held_by(output: str) -> str:
     return json.loads(storage.read_bytes(storage.join(output, LOCK_FILE)))["run_id"]
 
@@ -719,10 +760,14 @@ def _intrude(output: str, run_id: str = "intruder") -> None:
 
 
 def _where(kind: str, tmp_path, request) -> str:
-    return str(tmp_path / "out") if kind == "local" else request.getfixturevalue("s3_output")[0]
+    if kind == "local":
+        return str(tmp_path / "out")
+    if kind == "s3":
+        return request.getfixturevalue("s3_output")[0]
+    return request.getfixturevalue("gcs_output")
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", "s3", "gs"])
 def test_lock_created_only_if_absent(kind, tmp_path, request):
     output = _where(kind, tmp_path, request)
     late = RunLock(output)
@@ -735,7 +780,7 @@ def test_lock_created_only_if_absent(kind, tmp_path, request):
     assert not storage.exists(storage.join(output, LOCK_FILE))
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", "s3", "gs"])
 def test_heartbeat_never_overwrites_a_lock_taken_over(kind, tmp_path, request):
     output = _where(kind, tmp_path, request)
     lock = RunLock(output, heartbeat_seconds=0.05)

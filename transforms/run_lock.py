@@ -76,7 +76,7 @@ class _Local:
         try:
             with open(self.uri, "rb") as held:
                 return held.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # creating it says what is wrong
             return None
 
     def create(self, data: bytes) -> None:
@@ -152,8 +152,13 @@ class _S3:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
         except Exception as err:
-            if not self._failed(err):
-                raise
+            if self._failed(err):
+                return  # another run's lock now: it stays
+            # A store without conditional deletes: compare, then delete (a small window).
+            logging.debug("conditional delete refused (%s): comparing first", err)
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+            if head.get("ETag") == self.etag:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
     def close(self) -> None:
         pass

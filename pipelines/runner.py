@@ -178,6 +178,10 @@ def run_and_report(
         result = p.run()
         if not dataflow:
             result.wait_until_finish()
+    except BaseException:  # Ctrl-C included: leave no work folders behind, if still ours
+        if lock is not None and not dataflow:
+            _remove_work(output, cleanup, lock)
+        raise
     finally:
         if reporter is not None:
             reporter.stop(print_last=sys.exc_info()[0] is None)
@@ -198,6 +202,39 @@ def run_and_report(
     result["wall_seconds"] = round(time.time() - started, 2)
     print(json.dumps(result, indent=2, sort_keys=True))
     return result
+
+
+def _remove_work(output: str, cleanup, lock: RunLock) -> None:
+    """After a failed or interrupted run: its work folders go, unless another run owns the
+    output now (then they may be that run's). The next run clears them in any case."""
+    try:
+        lock.check()
+        for folder in cleanup:
+            storage.remove_tree(storage.join(output, folder))
+    except BaseException as err:  # the run's own failure is what the user must see
+        logging.debug("work folders left in %s: %s", output, err)
+
+
+def _in_chain(err: BaseException, kind: type) -> BaseException | None:
+    """The first `kind` among `err` and its causes: Beam wraps a worker's error in its own."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Ctrl-C as Beam's in-process runner re-raises it: a RuntimeError whose cause is the
+    KeyboardInterrupt, or (from a worker thread) whose message alone names it."""
+    if _in_chain(err, KeyboardInterrupt) is not None:
+        return True
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return bool(lines) and (
+        lines[0].startswith("KeyboardInterrupt") or lines[-1].startswith("KeyboardInterrupt")
+    )
 
 
 def _wrapper(err: BaseException) -> bool:
@@ -241,6 +278,15 @@ def _quiet_interrupted_workers(level: str) -> None:
         if level != "DEBUG" and text.startswith("Worker subprocess exited with return code"):
             if text.rsplit(" ", 1)[-1] in ("130", "143", "-2", "-15"):
                 return
+        # The thread reading a worker's control stream dies with the worker's channel; what
+        # ended the run is reported by the launcher (interrupted, or the failure itself).
+        name = getattr(args.thread, "name", "") or ""
+        if (
+            level != "DEBUG"
+            and name.startswith("beam_")
+            and "RpcError" in type(args.exc_value).__name__
+        ):
+            return
         previous(args)
 
     threading.excepthook = hook
@@ -290,6 +336,14 @@ def main_of(run, pipeline: str = ""):
             raise
         except Exception as err:
             logging.debug("traceback", exc_info=True)
+            if _interrupted(err):
+                sys.stdout.flush()
+                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+                return 130
+            lost = _in_chain(err, LockError)
+            if lost is not None:  # another run owns the output now: nothing more to say
+                say(str(lost).split(" [while running", 1)[0])
+                return 1
             say(_one_line(err), hint=True)
             return 1
         if result.get("error"):

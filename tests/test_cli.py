@@ -423,15 +423,43 @@ def test_progress_never_fails_a_run(monkeypatch, tmp_path):
 
 def test_sample_refuses_a_non_empty_output_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "corpus"
-    out.mkdir()
-    (out / "old_article.xml").write_text("<article/>")
     argv = ["sample", "--output", str(out), "--articles", "1", "--image_side", "64"]
+    assert main(argv, capsys)[0] == 0
+    first = sorted(p.name for p in out.iterdir())
     code, _, err = main(argv, capsys)
     assert code == 1 and err.count("\n") == 1 and "--overwrite" in err
-    assert (out / "old_article.xml").exists()
-    code, _, _ = main([*argv, "--overwrite"], capsys)
+    code, _, _ = main([*argv, "--overwrite", "--start_pmcid", "123"], capsys)
     assert code == 0
-    assert not (out / "old_article.xml").exists() and (out / "sample_manifest.json").exists()
+    now = sorted(p.name for p in out.iterdir())
+    assert "PMC123.1" in now and not set(first) - set(now) - {"PMC9000001.1"}
+    assert "PMC9000001.1" not in now  # the older corpus's article went
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "PMC5.1", None])
+def test_sample_overwrite_clears_only_a_sample_corpus(extra, tmp_path, capsys):
+    out = tmp_path / "corpus"
+    argv = ["sample", "--output", str(out), "--articles", "1", "--image_side", "64"]
+    if extra is None:  # not a corpus at all: a project folder
+        out.mkdir()
+        (out / "README.md").write_text("mine")
+        (out / "metadata").mkdir()
+    else:  # a corpus with something else beside it (a file under an article's name too)
+        assert main(argv, capsys)[0] == 0
+        (out / extra).write_text("mine")
+    before = files_under(out)
+    code, _, err = main([*argv, "--overwrite"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "--overwrite clears only a sample corpus" in err
+    assert (extra or "README.md") in err
+    assert files_under(out) == before  # nothing removed
+
+
+def test_sample_overwrite_of_the_working_directory_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "src.py").write_text("print()")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main(["sample", "--output", ".", "--articles", "1", "--overwrite"], capsys)
+    assert code == 1 and "src.py" in err and "no sample_manifest.json" in err
+    assert (tmp_path / "src.py").read_text() == "print()"
 
 
 # ---- 7. dataset card -------------------------------------------------------------------------
@@ -646,3 +674,242 @@ def test_lock_on_gcs():
         with RunLock(output):  # released: free again
             pass
         assert not storage.exists(f"{output}/{LOCK_FILE}")
+
+
+# ---- 10. the lock is exclusive and conditional; a lost lock fails the run; Ctrl-C ----------
+
+
+@pytest.fixture
+def s3_output(monkeypatch):
+    """An s3:// output on a moto server that honours If-None-Match and If-Match."""
+    import boto3
+    from conftest import free_port
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage._local, "s3", {}, raising=False)  # clients of this server
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="locks")
+    try:
+        yield "s3://locks/run", client
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gcs_output(monkeypatch):
+    """A gs:// output on the gcp-storage-emulator, taught the ifGenerationMatch precondition
+    of real GCS (the emulator ignores it) for uploads and deletes."""
+    from http import HTTPStatus
+
+    from conftest import gcs_emulator
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def generation(request, storage, name) -> str:
+        try:
+            return str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+        except NotFound:
+            return "0"
+
+    def guarded(handler, name_of):
+        def handle(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted and generation(request, storage, name_of(request)) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                return None
+            return handler(request, response, storage, *args, **kwargs)
+
+        return handle
+
+    def upload_name(request):
+        if "name" in request.query:
+            return request.query["name"][0]
+        return request.data["meta"].get("name")
+
+    for _, methods in server.HANDLERS:
+        if methods.get(server.POST) is server.objects.insert:
+            monkeypatch.setitem(methods, server.POST, guarded(methods[server.POST], upload_name))
+        if methods.get(server.DELETE) is server.objects.delete:
+            guard = guarded(methods[server.DELETE], lambda r: r.params["object_id"])
+            monkeypatch.setitem(methods, server.DELETE, guard)
+    with gcs_emulator("locks"):
+        yield "gs://locks/run"
+
+
+def _held_by(output: str) -> str:
+    return json.loads(storage.read_bytes(storage.join(output, LOCK_FILE)))["run_id"]
+
+
+def _intrude(output: str, run_id: str = "intruder") -> None:
+    """Another run's lock replaces this one's (as a takeover does: a new file or object)."""
+    uri = storage.join(output, LOCK_FILE)
+    record = {"run_id": run_id, "host": "elsewhere", "pid": 1}
+    record.update({"heartbeat": time.time(), "started": time.time()})
+    if "://" not in uri and os.path.exists(uri):
+        os.remove(uri)
+    storage.write_bytes(uri, json.dumps(record).encode())
+
+
+def _where(kind: str, tmp_path, request) -> str:
+    if kind == "local":
+        return str(tmp_path / "out")
+    if kind == "s3":
+        return request.getfixturevalue("s3_output")[0]
+    return request.getfixturevalue("gcs_output")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "gs"])
+def test_lock_created_only_if_absent(kind, tmp_path, request):
+    output = _where(kind, tmp_path, request)
+    late = RunLock(output)
+    late._read = lambda: None  # it looked before the other run created the lock
+    with RunLock(output) as first:
+        with pytest.raises(LockError, match="was just taken by run"):
+            late.acquire()
+        assert _held_by(output) == first.run_id  # not overwritten
+        first.check()
+    assert not storage.exists(storage.join(output, LOCK_FILE))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "gs"])
+def test_heartbeat_never_overwrites_a_lock_taken_over(kind, tmp_path, request):
+    output = _where(kind, tmp_path, request)
+    lock = RunLock(output, heartbeat_seconds=0.05)
+    lock.acquire()
+    mine = lock._read()
+    lock._read = lambda: mine  # it looked just before the other run took over
+    _intrude(output)
+    time.sleep(0.5)
+    assert _held_by(output) == "intruder"
+    assert "lost its lock" in lock.lost
+    with pytest.raises(LockError, match="lost its lock"):
+        lock.check()
+    lock.release()
+    assert _held_by(output) == "intruder"  # the other run's lock stays
+
+
+def test_assert_held_in_other_processes(tmp_path):
+    from transforms.run_lock import assert_held
+
+    _lock(tmp_path, run_id="the-run")
+    assert_held(str(tmp_path), "the-run")
+    with pytest.raises(LockError, match="lost its lock to run the-run"):
+        assert_held(str(tmp_path), "another")
+    (tmp_path / LOCK_FILE).unlink()
+    with pytest.raises(LockError, match="no run holds"):
+        assert_held(str(tmp_path))
+
+
+class _Steal:
+    """A DoFn that lets another run take the output over, then moves a file into place."""
+
+    def __init__(self, output: str):
+        self.output = output
+
+    def __call__(self, element):
+        from transforms.run_lock import assert_held
+
+        _intrude(self.output, "other-run")
+        time.sleep(0.5)  # heartbeats every 0.05 s here
+        assert_held(self.output)
+        (Path(self.output) / "final.txt").write_text("moved into place")
+        return element
+
+
+def _pipeline_run(output: Path, step, cleanup=("_work",)):
+    """A `run` for main_of: one element through `step`, its work folder made first."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.runner import make_pipeline, output_lock, run_and_report
+
+    def run(argv):
+        with output_lock(str(output)) as lock:
+            (output / "_work").mkdir()
+            (output / "_work" / "piece").write_text("x")
+            p = make_pipeline(PipelineOptions([]))
+            p | beam.Create([1]) | beam.Map(step)
+            return run_and_report(p, str(output), time.time(), list(cleanup), lock)
+
+    return run
+
+
+def test_lost_lock_fails_the_run_before_its_final_moves(tmp_path, monkeypatch, capsys):
+    from pipelines.runner import main_of
+    from transforms import run_lock
+
+    monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.05)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main_of(_pipeline_run(out, _Steal(str(out))), "extract")([])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        f"biomedica extract: error: {out}: this run ("
+        + err.split("this run (")[1].split(")")[0]
+        + ") lost its lock to run other-run"
+    ]
+    assert not (out / "final.txt").exists()
+    assert (out / "_work" / "piece").exists()  # the other run's now: left alone
+    assert _held_by(str(out)) == "other-run"
+
+
+def _interrupt(element):
+    raise KeyboardInterrupt  # Ctrl-C while a bundle runs in the launcher's process
+
+
+def _interrupt_in_worker_thread(element):
+    raise RuntimeError("KeyboardInterrupt")  # as Beam re-raises one from a worker thread
+
+
+def _fail(element):
+    raise ValueError("bad element")
+
+
+@pytest.mark.parametrize(
+    "step, code, line",
+    [
+        (_interrupt, 130, "biomedica extract: interrupted"),
+        (_interrupt_in_worker_thread, 130, "biomedica extract: interrupted"),
+        (_fail, 1, "biomedica extract: error: ValueError: bad element"),
+    ],
+)
+def test_interrupted_or_failed_run_one_line_and_no_work_left(step, code, line, tmp_path, capsys):
+    from pipelines.runner import main_of
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main_of(_pipeline_run(out, step), "extract")([]) == code
+    assert capsys.readouterr().err.splitlines()[0].startswith(line)
+    assert not (out / "_work").exists() and not (out / LOCK_FILE).exists()
+
+
+def test_interrupt_quiet_about_the_worker_channel_it_closed(capsys, monkeypatch):
+    import threading
+
+    import grpc
+
+    from pipelines.runner import main_of
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # prints, as in use
+
+    def run(argv):
+        def read_control():
+            raise grpc.RpcError()  # a multi_processing worker's channel, closed by Ctrl-C
+
+        reader = threading.Thread(target=read_control, name="beam_control_read")
+        reader.start()
+        reader.join()
+        raise KeyboardInterrupt
+
+    assert main_of(run, "extract")([]) == 130
+    assert capsys.readouterr().err.splitlines() == ["biomedica extract: interrupted"]

@@ -5,6 +5,12 @@ A second run into an output while the first is live would delete the first one's
 heartbeat refreshed while the run lasts, checked again before the final moves, and removed
 when the run ends. A lock whose heartbeat stopped long ago (a killed run on another machine)
 or whose process is gone (same host) is stale: taken over with a warning.
+
+Every write is conditional, never check-then-write: the lock is created only if absent
+(O_EXCL locally, `ifGenerationMatch=0` on gs://, `If-None-Match: *` on s3://) and refreshed
+or removed only if it is still the one this run wrote (the same file, generation or ETag).
+A heartbeat that finds the lock gone or another run's marks this run lost: its final steps
+(`check`, `assert_held`) then fail instead of moving files into an output another run owns.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import uuid
 from transforms import storage
 
 LOCK_FILE = "_run_lock.json"
+RECORD_BYTES = 512  # records padded to one size: a local refresh overwrites in place
 HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 180.0  # many missed heartbeats: the run is gone
 
@@ -52,20 +59,220 @@ def stale_reason(lock: dict, now: float | None = None) -> str:
     return ""
 
 
+class _Taken(Exception):
+    """A conditional write found the lock file not as this run expected it."""
+
+
+class _Local:
+    """O_EXCL create; refresh by overwriting the very file created (its descriptor), so a
+    file another run created after a takeover is never written; remove only that file."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fd: int | None = None
+        self.record = b""  # what this run last wrote
+
+    def read(self) -> bytes | None:
+        try:
+            with open(self.uri, "rb") as held:
+                return held.read()
+        except (FileNotFoundError, NotADirectoryError):  # creating it says what is wrong
+            return None
+
+    def create(self, data: bytes) -> None:
+        os.makedirs(os.path.dirname(self.uri) or ".", exist_ok=True)
+        try:
+            self.fd = os.open(self.uri, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        except FileExistsError:
+            raise _Taken from None
+        os.write(self.fd, data)
+        self.record = data
+
+    def _ours(self) -> bool:
+        """The path still names the file this run created, and it still holds this run's
+        record (a tool that rewrote it in place made it another's)."""
+        try:
+            if self.fd is None or not os.path.samestat(os.fstat(self.fd), os.stat(self.uri)):
+                return False
+            return os.pread(self.fd, RECORD_BYTES, 0) == self.record
+        except (FileNotFoundError, ValueError):
+            return False
+
+    def replace(self, data: bytes) -> None:
+        if not self._ours():
+            raise _Taken
+        os.pwrite(self.fd, data, 0)  # same size: readers never see a shorter file
+        self.record = data
+
+    def remove(self) -> None:
+        if self._ours():
+            os.remove(self.uri)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _S3:
+    """put_object If-None-Match: * to create; If-Match: <ETag> to refresh and delete."""
+
+    def __init__(self, uri: str):
+        self.bucket, self.key = storage.split_s3(uri)
+        self.client = storage._s3_client(storage.S3Config())
+        self.etag: str | None = None
+
+    @staticmethod
+    def _failed(err: Exception) -> bool:
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+        return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+    def read(self) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def _put(self, data: bytes, **condition) -> None:
+        try:
+            put = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)
+        except Exception as err:
+            if self._failed(err):
+                raise _Taken from None
+            raise
+        self.etag = put["ETag"]
+
+    def create(self, data: bytes) -> None:
+        self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes) -> None:
+        self._put(data, IfMatch=self.etag)
+
+    def remove(self) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+        except Exception as err:
+            if self._failed(err):
+                return  # another run's lock now: it stays
+            # A store without conditional deletes: compare, then delete (a small window).
+            logging.debug("conditional delete refused (%s): comparing first", err)
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+            if head.get("ETag") == self.etag:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def close(self) -> None:
+        pass
+
+
+class _GCS:
+    """ifGenerationMatch=0 to create; ifGenerationMatch=<generation> to refresh and delete."""
+
+    def __init__(self, uri: str):
+        from google.cloud import storage as gcs
+
+        bucket, _, self.name = uri[len("gs://") :].partition("/")
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            client = gcs.Client(project="emulator", credentials=AnonymousCredentials())
+        else:
+            client = gcs.Client()
+        self.bucket = client.bucket(bucket)
+        self.generation: int | None = None
+
+    def read(self) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self.bucket.blob(self.name).download_as_bytes()
+        except NotFound:
+            return None
+
+    def _put(self, data: bytes, generation: int) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self.bucket.blob(self.name)
+        try:
+            blob.upload_from_string(
+                data, content_type="application/json", if_generation_match=generation
+            )
+        except PreconditionFailed:
+            raise _Taken from None
+        self.generation = blob.generation
+
+    def create(self, data: bytes) -> None:
+        self._put(data, 0)
+
+    def replace(self, data: bytes) -> None:
+        self._put(data, self.generation)
+
+    def remove(self) -> None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        try:
+            self.bucket.blob(self.name).delete(if_generation_match=self.generation)
+        except (NotFound, PreconditionFailed):
+            pass
+
+    def close(self) -> None:
+        pass
+
+
+def _store(uri: str):
+    if uri.startswith("gs://"):
+        return _GCS(uri)
+    if storage.is_s3(uri):
+        return _S3(uri)
+    if "://" in uri:
+        raise LockError(f"cannot lock {uri}: only local folders, gs:// and s3:// are supported")
+    return _Local(uri)
+
+
+_HELD: dict[str, RunLock] = {}  # the locks this process holds, by output
+
+
+def _key(output: str) -> str:
+    return output.rstrip("/") if "://" in output else os.path.realpath(output)
+
+
+def assert_held(output: str, run_id: str | None = None) -> None:
+    """Raise LockError unless the run is still the one that holds `output`: call it before
+    moving a file into its final place. In the launcher's process (the in-process runner)
+    it checks the heartbeat's verdict and reads the lock; elsewhere (other worker processes)
+    it reads the lock file and compares `run_id` (the launcher's `RunLock.run_id`), when
+    given, or else only requires a live lock."""
+    lock = _HELD.get(_key(output))
+    if lock is not None:
+        lock.check()
+        return
+    uri = storage.join(output, LOCK_FILE)
+    try:
+        held = json.loads(_store(uri).read() or b"null")
+    except ValueError:
+        held = {}
+    if not held:
+        raise LockError(f"{output}: no run holds its lock any more")
+    if run_id is not None and held.get("run_id") != run_id:
+        raise LockError(f"{output}: run {run_id} lost its lock to run {held.get('run_id')}")
+    if run_id is None and stale_reason(held):
+        raise LockError(f"{output}: the run's lock is stale ({stale_reason(held)})")
+
+
 class RunLock:
     """`with RunLock(output): ...` holds the output for the block (see the module doc)."""
 
-    def __init__(self, output: str, heartbeat_seconds: float = HEARTBEAT_SECONDS):
+    def __init__(self, output: str, heartbeat_seconds: float | None = None):
         self.output = output
         self.uri = storage.join(output, LOCK_FILE)
         self.run_id = uuid.uuid4().hex[:12]
-        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeat_seconds = heartbeat_seconds or HEARTBEAT_SECONDS
         self.lost = ""  # why this run no longer holds the lock
+        self._store = _store(self.uri)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _record(self) -> bytes:
-        return json.dumps(
+        record = json.dumps(
             {
                 "run_id": self.run_id,
                 "host": socket.gethostname(),
@@ -74,12 +281,25 @@ class RunLock:
                 "heartbeat": time.time(),
             }
         ).encode()
+        return record.ljust(RECORD_BYTES)  # JSON allows the trailing spaces
 
     def _read(self) -> dict | None:
-        try:
-            return json.loads(storage.read_bytes(self.uri))
-        except Exception:  # absent, or a half-written file: treated alike below
-            return None if not storage.exists(self.uri) else {}
+        """The lock in the output: None when absent, {} when unreadable."""
+        for attempt in range(2):
+            data = self._store.read()
+            if data is None:
+                return None
+            try:
+                held = json.loads(data)
+                return held if isinstance(held, dict) else {}
+            except ValueError:  # perhaps caught mid-write: look once more
+                if attempt == 0:
+                    time.sleep(0.2)
+        return {}
+
+    def _taken(self) -> LockError:
+        held = self._read() or {}
+        return LockError(f"{self.output} was just taken by run {held.get('run_id')}")
 
     def acquire(self) -> None:
         self.started = time.time()
@@ -98,33 +318,25 @@ class RunLock:
                 why,
             )
             storage.remove(self.uri)
-        self._create()
-        if (self._read() or {}).get("run_id") != self.run_id:  # another run won the race
-            held = self._read() or {}
-            raise LockError(f"{self.output} was just taken by run {held.get('run_id')}")
+        try:  # only if absent: of two runs starting at once, one wins
+            self._store.create(self._record())
+        except _Taken:
+            raise self._taken() from None
+        _HELD[_key(self.output)] = self
         self._thread = threading.Thread(target=self._beat, name="run-lock", daemon=True)
         self._thread.start()
-
-    def _create(self) -> None:
-        if "://" in self.uri:  # object stores: write, then read back who holds it
-            storage.atomic_write(self.uri, [self._record()])
-            return
-        os.makedirs(self.output, exist_ok=True)
-        try:  # exclusive create: of two local runs starting at once, one wins
-            fd = os.open(self.uri, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = self._read() or {}
-            raise LockError(f"{self.output} was just taken by run {held.get('run_id')}") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(self._record())
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             try:
-                self.check()
-                storage.atomic_write(self.uri, [self._record()])
-            except LockError as err:
-                self.lost = str(err)
+                self._store.replace(self._record())
+            except _Taken:
+                held = self._read() or {}
+                other = held.get("run_id")
+                self.lost = f"{self.output}: this run ({self.run_id}) lost its lock" + (
+                    f" to run {other}" if other else " (the lock file was removed)"
+                )
+                logging.error("%s; the run will fail before its final steps", self.lost)
                 return
             except Exception as err:  # a failed refresh must not end the run
                 logging.debug("lock heartbeat failed: %s", err)
@@ -145,11 +357,14 @@ class RunLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        try:
-            if (self._read() or {}).get("run_id") == self.run_id:
-                storage.remove(self.uri)
+        if _HELD.get(_key(self.output)) is self:
+            del _HELD[_key(self.output)]
+        try:  # conditional: a lock another run took over stays
+            self._store.remove()
         except Exception as err:  # releasing must not hide the run's own outcome
             logging.warning("could not remove the lock %s: %s", self.uri, err)
+        finally:
+            self._store.close()
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -28,7 +28,7 @@ from pipelines.runner import (
     refuse_overlap,
     run_and_report,
 )
-from transforms import article_files, report, storage
+from transforms import article_files, report, run_lock, storage
 from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.images.dedupe import Dedupe
 from transforms.outcomes import DEAD, FILTERED, LISTED, NOTED
@@ -58,9 +58,14 @@ def _source_required(options: ExtractOptions, run_options: RunOptions) -> None:
 
 
 def build(
-    p: beam.Pipeline, options: ExtractOptions, out: str, discover: Discover | None = None
+    p: beam.Pipeline,
+    options: ExtractOptions,
+    out: str,
+    discover: Discover | None = None,
+    guard: run_lock.Guard | None = None,
 ) -> None:
-    """Wire the stages; every transform below owns its flags and its checks."""
+    """Wire the stages; every transform below owns its flags and its checks. `guard` checks
+    before each final move that the run still holds the output's lock."""
     discover = discover or Discover.from_args(options)
     extract = ExtractArticles.from_args(options, discover.s3, discover.selection)
     dedupe = Dedupe.from_args(options)
@@ -84,6 +89,7 @@ def build(
         count=files,
         order=article_order,
         batch_rows=64,
+        guard=guard,
     )
     kept = extracted[FIGURE_ROWS] | "WriteFigures" >> WriteArticleFiles(
         directory=storage.join(out, "extract", "figures"),
@@ -92,17 +98,21 @@ def build(
         count=files,
         order=figure_order,
         dropped=deduped["dropped"],
+        guard=guard,
     )
     deduped["duplicates"] | "WriteDuplicates" >> WriteSortedTable(
-        storage.join(out, "extract", "duplicates"), DUPLICATE_SCHEMA, lambda d: d["key"]
+        storage.join(out, "extract", "duplicates"),
+        DUPLICATE_SCHEMA,
+        lambda d: d["key"],
+        guard=guard,
     )
     dead_letters = (found[DEAD], extracted[DEAD]) | "AllDead" >> beam.Flatten()
-    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(out, "dead_letter"))
+    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(out, "dead_letter"), guard=guard)
     left_out = (found[FILTERED], extracted[FILTERED]) | "AllFiltered" >> beam.Flatten()
     (
         left_out
         | "Written" >> beam.Filter(lambda f: f.reason not in _UNWRITTEN_FILTERS)
-        | "WriteFiltered" >> WriteDeadLetters(storage.join(out, "filtered"), "filtered")
+        | "WriteFiltered" >> WriteDeadLetters(storage.join(out, "filtered"), "filtered", guard)
     )
 
     counts = (
@@ -173,11 +183,13 @@ def run(argv=None, test_pipeline=None) -> dict:
             " (pass --allow_empty to run on it anyway)"
         )
     p = make_pipeline(options, test_pipeline)
+    run_id = run_lock.new_run_id()
+    guard = run_lock.Guard(run_options.output, run_id)
     try:  # builds the graph only
-        build(p, extract_options, run_options.output, discover)
+        build(p, extract_options, run_options.output, discover, guard)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    with output_lock(run_options.output) as lock:
+    with output_lock(run_options.output, run_id) as lock:
         prepare_output(run_options.output, REPORT, run_options.overwrite, OUTPUT_DIRS)
         shown = progress(run_options.log_level, "extract", ["articles", "figures"])
         result = run_and_report(

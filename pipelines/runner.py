@@ -130,9 +130,11 @@ def refuse_overlap(output: str, **inputs: str) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(output: str):
-    """Hold the output for a run (transforms.run_lock); a refusal is one clear line."""
-    lock = RunLock(output)
+def output_lock(output: str, run_id: str | None = None):
+    """Hold the output for a run (transforms.run_lock); a refusal is one clear line.
+
+    `run_id`: the id the pipeline's final moves were built to check (run_lock.Guard)."""
+    lock = RunLock(output, run_id=run_id)
     try:
         lock.acquire()
     except LockError as err:

@@ -38,7 +38,7 @@ from pipelines.runner import (
     refuse_overlap,
     run_and_report,
 )
-from transforms import report, storage
+from transforms import report, run_lock, storage
 from transforms.article_files import sibling
 from transforms.outcomes import DEAD
 from transforms.shard import dataset_card
@@ -175,7 +175,9 @@ def remove_unlisted(output: str, manifest: dict) -> list[str]:
     return removed
 
 
-def _finish(records, stats, output: str, source: str, parameters: dict):
+def _finish(records, stats, output: str, source: str, parameters: dict, guard=None):
+    if guard is not None:
+        guard()  # a run that lost its lock must not publish (or prune) another's dataset
     manifest = dataset_card.build_manifest(records, source, parameters)
     remove_unlisted(output, manifest)
     for path, data in dataset_card.build_card(manifest, stats).items():
@@ -194,6 +196,7 @@ def write_dataset(
     parameters: dict,
     header: dict,
     earlier_stages=None,
+    guard: run_lock.Guard | None = None,
 ):
     """Shards, Parquet, manifest, card, dead letters and report from the units of a source.
 
@@ -213,10 +216,11 @@ def write_dataset(
             output=output,
             source=source,
             parameters=parameters,
+            guard=guard,
         )
     )
     dead_letters = written[DEAD]
-    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"))
+    dead_letters | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"), guard=guard)
     counts = (
         written[COUNTS],
         records | "Out" >> beam.Map(lambda r: (f"{STAGE}.out", r.samples)),
@@ -288,6 +292,7 @@ def run(argv=None, test_pipeline=None) -> dict:
             source,
             parameters,
             header,
+            guard=run_lock.Guard(opts.output, lock.run_id),
         )
         shown = progress(opts.log_level, "shard", ["samples", "shards"], rows)
         result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)

@@ -36,7 +36,7 @@ from pipelines.shard import (
     shard_transform,
     write_dataset,
 )
-from transforms import storage
+from transforms import run_lock, storage
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.shard.row_filter import FilterError, compile_where
 from transforms.shard.sources import DatasetSubset
@@ -89,6 +89,7 @@ def run(argv=None, test_pipeline=None) -> dict:
             parameters,
             header,
             earlier_stages=SUBSET_STAGES,
+            guard=run_lock.Guard(opts.output, lock.run_id),
         )
         shown = progress(opts.log_level, "subset", ["samples", "shards"])
         result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)

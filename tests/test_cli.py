@@ -863,6 +863,32 @@ def test_lost_lock_fails_the_run_before_its_final_moves(tmp_path, monkeypatch, c
     assert _held_by(str(out)) == "other-run"
 
 
+def _write_dead_letters(out, guard):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from transforms.records import DeadLetter
+    from transforms.sinks import WriteDeadLetters
+
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        letters = p | beam.Create([DeadLetter("extract_figures", "PMC1_F1", "image_missing")])
+        letters | WriteDeadLetters(str(out / "dead_letter"), guard=guard)
+
+
+def test_final_moves_check_the_lock(tmp_path):
+    from transforms import run_lock
+
+    out = tmp_path / "out"
+    guard = run_lock.Guard(str(out), "this-run")
+    with run_lock.RunLock(str(out), run_id="other-run"):  # another run holds the output
+        with pytest.raises(Exception, match="lost its lock to run other-run"):
+            _write_dead_letters(out, guard)
+    assert not list((out / "dead_letter").glob("dead_letters-*.jsonl"))
+    with run_lock.RunLock(str(out), run_id="this-run"):
+        _write_dead_letters(out, guard)
+    assert len(list((out / "dead_letter").glob("dead_letters-*.jsonl"))) == 1
+
+
 def _interrupt(element):
     raise KeyboardInterrupt  # Ctrl-C while a bundle runs in the launcher's process
 

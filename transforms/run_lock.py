@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 from transforms import storage
 
@@ -242,7 +243,7 @@ def assert_held(output: str, run_id: str | None = None) -> None:
     it reads the lock file and compares `run_id` (the launcher's `RunLock.run_id`), when
     given, or else only requires a live lock."""
     lock = _HELD.get(_key(output))
-    if lock is not None:
+    if lock is not None and (run_id is None or lock.run_id == run_id):
         lock.check()
         return
     uri = storage.join(output, LOCK_FILE)
@@ -258,13 +259,33 @@ def assert_held(output: str, run_id: str | None = None) -> None:
         raise LockError(f"{output}: the run's lock is stale ({stale_reason(held)})")
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Called by a step before it moves a file into its final place: raises LockError
+    unless run `run_id` still holds `output` (see assert_held). Picklable, so DoFns on any
+    worker carry it; the pipeline gets it before the lock is taken (the id is chosen first).
+    """
+
+    output: str
+    run_id: str
+
+    def __call__(self) -> None:
+        assert_held(self.output, self.run_id)
+
+
 class RunLock:
     """`with RunLock(output): ...` holds the output for the block (see the module doc)."""
 
-    def __init__(self, output: str, heartbeat_seconds: float | None = None):
+    def __init__(
+        self, output: str, heartbeat_seconds: float | None = None, run_id: str | None = None
+    ):
         self.output = output
         self.uri = storage.join(output, LOCK_FILE)
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or new_run_id()
         self.heartbeat_seconds = heartbeat_seconds or HEARTBEAT_SECONDS
         self.lost = ""  # why this run no longer holds the lock
         self._store = _store(self.uri)

@@ -49,7 +49,11 @@ def open_native(uri: str):
     return uri if "://" not in uri else FileSystems.open(uri, compression_type="uncompressed")
 
 
-def _commit(aside: str, final: str) -> None:
+def _commit(aside: str, final: str, guard=None) -> None:
+    """Move a finished file into place; `guard` (run_lock.Guard) first checks that this run
+    still holds the output, so a run that lost its lock never replaces another's file."""
+    if guard is not None:
+        guard()
     if FileSystems.exists(final):
         FileSystems.delete([final])
     FileSystems.rename([aside], [final])
@@ -234,8 +238,8 @@ class _WriteFile(beam.DoFn):
     its name only once complete (written aside, renamed).
     """
 
-    def __init__(self, directory: str, schema: pa.Schema, limits: tuple[int, int]):
-        self.directory, self.schema = directory, schema
+    def __init__(self, directory: str, schema: pa.Schema, limits: tuple[int, int], guard=None):
+        self.directory, self.schema, self.guard = directory, schema, guard
         self.batch_rows, self.batch_bytes = limits
 
     def process(self, element, count: int, dropped=None):
@@ -278,7 +282,7 @@ class _WriteFile(beam.DoFn):
                     # one chunk for all).
                     rows = [part.slice(i, 1) for part in parts for i in range(part.num_rows)]
                     writer.write_table(pa.Table.from_batches(rows, schema=self.schema))
-        _commit(aside, final)
+        _commit(aside, final, self.guard)
 
     def _row_groups(self, places: list[tuple]):
         """Consecutive places cut by their rows' content: at most batch_rows rows, and
@@ -323,6 +327,7 @@ class WriteArticleFiles(beam.PTransform):
     # every reader decodes and holds) small; 256 figures are about 20 MB of images.
     batch_rows: int = 256
     batch_bytes: int = 64 * 1024 * 1024
+    guard: object = None  # run_lock.Guard, checked before each final move
 
     def __post_init__(self):
         super().__init__()
@@ -341,7 +346,9 @@ class WriteArticleFiles(beam.PTransform):
             | "ByFile" >> beam.GroupByKey()
             | "Write"
             >> beam.ParDo(
-                _WriteFile(self.directory, self.schema, (self.batch_rows, self.batch_bytes)),
+                _WriteFile(
+                    self.directory, self.schema, (self.batch_rows, self.batch_bytes), self.guard
+                ),
                 **sides,
             )
         )
@@ -371,6 +378,7 @@ class WriteSortedTable(beam.PTransform):
     schema: pa.Schema
     sort_key: object  # row dict -> sortable; its repr() places the row
     rows_per_file: int = SORTED_ROWS_PER_FILE
+    guard: object = None  # run_lock.Guard, checked before each final move
 
     def __post_init__(self):
         super().__init__()
@@ -382,7 +390,8 @@ class WriteSortedTable(beam.PTransform):
         count = beam.pvalue.AsSingleton(
             total | "Files" >> beam.Map(lambda n: max(1, -(-n // per_file)))
         )
-        sort_key, write = self.sort_key, (self.directory, self.schema, self.sort_key)
+        sort_key = self.sort_key
+        write = (self.directory, self.schema, self.sort_key, self.guard)
         total | "Empty" >> beam.FlatMap(
             lambda n: [_write_sorted([], 0, 1, *write)] if not n else []
         )
@@ -394,7 +403,9 @@ class WriteSortedTable(beam.PTransform):
         )
 
 
-def _write_sorted(rows, index: int, count: int, directory: str, schema: pa.Schema, sort_key) -> int:
+def _write_sorted(
+    rows, index: int, count: int, directory: str, schema: pa.Schema, sort_key, guard=None
+) -> int:
     rows = sorted(rows, key=lambda row: (sort_key(row), _tie_break(row)))
     name = article_files.file_name(index, count)
     if "://" not in directory:
@@ -404,7 +415,7 @@ def _write_sorted(rows, index: int, count: int, directory: str, schema: pa.Schem
     aside = storage.join(directory, f"_{name}.inprogress")
     with FileSystems.create(aside, compression_type="uncompressed") as sink:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink, **parquet_options(schema))
-    _commit(aside, storage.join(directory, name))
+    _commit(aside, storage.join(directory, name), guard)
     return len(rows)
 
 
@@ -417,8 +428,8 @@ def _dead_letter_file(line: str, count: int) -> int:
 
 
 class _WriteLines(beam.DoFn):
-    def __init__(self, directory: str, name: str):
-        self.directory, self.name = directory, name
+    def __init__(self, directory: str, name: str, guard=None):
+        self.directory, self.name, self.guard = directory, name, guard
 
     def process(self, element, count: int):
         index, lines = element
@@ -431,7 +442,7 @@ class _WriteLines(beam.DoFn):
         with FileSystems.create(aside, compression_type="uncompressed") as sink:
             for line in sorted(lines):
                 sink.write(line.encode() + b"\n")
-        _commit(aside, storage.join(self.directory, name))
+        _commit(aside, storage.join(self.directory, name), self.guard)
         yield name
 
 
@@ -443,6 +454,7 @@ class WriteDeadLetters(beam.PTransform):
 
     directory: str
     name: str = "dead_letters"
+    guard: object = None  # run_lock.Guard, checked before each final move
 
     def __post_init__(self):
         super().__init__()
@@ -460,5 +472,5 @@ class WriteDeadLetters(beam.PTransform):
             lines
             | "ToFile" >> beam.Map(lambda line, n: (_dead_letter_file(line, n), line), count)
             | "ByFile" >> beam.GroupByKey()
-            | "Lines" >> beam.ParDo(_WriteLines(self.directory, self.name), count)
+            | "Lines" >> beam.ParDo(_WriteLines(self.directory, self.name, self.guard), count)
         )

@@ -54,6 +54,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def moto_s3():
+    """A moto S3 server on 127.0.0.1: (endpoint, a client holding dummy credentials).
+
+    Only that client owns buckets and uploads; objects meant for anonymous reads need
+    ACL public-read."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    owner = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    try:
+        yield endpoint, owner
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def gcs_emulator(bucket: str):
     """A gcp-storage-emulator on 127.0.0.1 with `bucket`, and a client of it.
 

@@ -246,22 +246,9 @@ def test_read_bytes_over_the_bound_says_size_and_limit(tmp_path):
 
 
 def test_read_bytes_over_the_bound_on_s3():
-    import boto3
-    from conftest import free_port
-    from moto.server import ThreadedMotoServer
+    from conftest import moto_s3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        owner = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+    with moto_s3() as (endpoint, owner):
         owner.create_bucket(Bucket="bounds", ACL="public-read")
         owner.put_object(Bucket="bounds", Key="big.xml", Body=bytes(5000), ACL="public-read")
         config = storage.S3Config(endpoint_url=endpoint, anonymous=True)
@@ -269,8 +256,6 @@ def test_read_bytes_over_the_bound_on_s3():
             storage.read_bytes("s3://bounds/big.xml", config, max_bytes=4096)
         assert str(err.value) == "5000 bytes > limit 4096"
         assert storage.read_bytes("s3://bounds/big.xml", config, max_bytes=5000) == bytes(5000)
-    finally:
-        server.stop()
 
 
 # ---- 4. images ship upright ------------------------------------------------------------------

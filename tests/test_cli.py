@@ -682,26 +682,18 @@ def test_lock_on_gcs():
 @pytest.fixture
 def s3_output(monkeypatch):
     """An s3:// output on a moto server that honours If-None-Match and If-Match."""
-    import boto3
-    from conftest import free_port
-    from moto.server import ThreadedMotoServer
+    from conftest import moto_s3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(storage._local, "s3", {}, raising=False)  # clients of this server
-    client = boto3.client("s3", region_name="us-east-1")
-    client.create_bucket(Bucket="locks")
-    try:
+    with moto_s3() as (endpoint, client):
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(storage._local, "s3", {}, raising=False)  # clients of this server
+        client.create_bucket(Bucket="locks")
         yield "s3://locks/run", client
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
-from conftest import free_port, read_dead_letters, read_table, run_extract
 from conftest import gcs_emulator as emulated_gcs
+from conftest import moto_s3, read_dead_letters, read_table, run_extract
 
 from transforms import storage
 from transforms.pmc.sample_corpus import generate_corpus
@@ -145,24 +145,9 @@ def test_local_baseline(corpus, local_run):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # Only this client holds (dummy) credentials: it owns the buckets and uploads.
-    owner = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    try:
-        yield endpoint, owner
-    finally:
-        server.stop()
+    # Only the owner client holds (dummy) credentials: it owns the buckets and uploads.
+    with moto_s3() as server:
+        yield server
 
 
 def upload_corpus(owner, bucket: str, root: Path, private: frozenset[str] = frozenset()) -> None:

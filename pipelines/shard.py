@@ -275,28 +275,51 @@ def run(argv=None, test_pipeline=None) -> dict:
     }
     if without_text:  # said in the manifest and card: the texts were left out on purpose
         parameters["without_article_text"] = True
+    units = ("FigureFiles", sorted(f.uri for f in files))
+    result = run_dataset_job(
+        "shard", options, test_pipeline, source, files, units, shards, parameters, total=rows
+    )
+    return nothing_selected(result, STAGE, "the input holds no figure sample", allow_empty)
+
+
+def run_dataset_job(
+    pipeline: str,
+    options: PipelineOptions,
+    test_pipeline,
+    source: str,
+    files: list[storage.FileInfo],
+    units: tuple[str, list[str]],
+    shards: WriteShards,
+    parameters: dict,
+    total: int | None = None,
+    earlier_stages=None,
+) -> dict:
+    """Shard and subset alike: hold the output, prepare it (fresh, resume or overwrite),
+    write the dataset from `units` (a label and the unit names), and return the report."""
+    opts = options.view_as(RunOptions)
     with output_lock(opts.output) as lock:
         mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
         header = {
-            "pipeline": "shard",
+            "pipeline": pipeline,
             "input": source,
             "output": opts.output,
             "mode": mode,
             "parameters": parameters,
         }
         p = make_pipeline(options, test_pipeline)
+        label, names = units
         write_dataset(
-            p | "FigureFiles" >> beam.Create(sorted(f.uri for f in files)),
+            p | label >> beam.Create(names),
             opts.output,
             shards,
             source,
             parameters,
             header,
+            earlier_stages=earlier_stages,
             guard=run_lock.Guard(opts.output, lock.run_id),
         )
-        shown = progress(opts.log_level, "shard", ["samples", "shards"], rows)
-        result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
-    return nothing_selected(result, STAGE, "the input holds no figure sample", allow_empty)
+        shown = progress(opts.log_level, pipeline, ["samples", "shards"], total)
+        return run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
 
 
 def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:

@@ -12,35 +12,19 @@ report of its own, its samples in source order.
 from __future__ import annotations
 
 import sys
-import time
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
 from pipelines.options import ExtractOptions, InputOptions, RunOptions, SubsetOptions
-from pipelines.runner import (
-    main_of,
-    make_pipeline,
-    output_lock,
-    progress,
-    refuse_overlap,
-    run_and_report,
-)
-from pipelines.shard import (
-    fingerprint,
-    input_files,
-    nothing_selected,
-    prepare_dataset_output,
-    shard_transform,
-    write_dataset,
-)
-from transforms import run_lock, storage
+from pipelines.runner import main_of, refuse_overlap
+from pipelines.shard import input_files, nothing_selected, run_dataset_job, shard_transform
+from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.shard.row_filter import FilterError, compile_where
 from transforms.shard.sources import DatasetSubset
-from transforms.shard.write_shards import WORK_DIR, count_rows
+from transforms.shard.write_shards import count_rows
 
 STAGE = "subset"
 SUBSET_STAGES = {STAGE: ("out", "filtered")}
@@ -70,29 +54,18 @@ def run(argv=None, test_pipeline=None) -> dict:
         "samples_per_shard": shards.samples_per_shard,
         "max_caption_chars": shards.max_caption_chars,
     }
-    with output_lock(opts.output) as lock:
-        mode = prepare_dataset_output(opts.output, fingerprint(files, parameters), opts.overwrite)
-        header = {
-            "pipeline": "subset",
-            "input": source,
-            "output": opts.output,
-            "mode": mode,
-            "parameters": parameters,
-        }
-        p = make_pipeline(options, test_pipeline)
-        units = DatasetSubset.units_of([f.uri for f in files])
-        write_dataset(
-            p | "SourceShards" >> beam.Create(units),
-            opts.output,
-            shards,
-            source,
-            parameters,
-            header,
-            earlier_stages=SUBSET_STAGES,
-            guard=run_lock.Guard(opts.output, lock.run_id),
-        )
-        shown = progress(opts.log_level, "subset", ["samples", "shards"])
-        result = run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
+    units = ("SourceShards", DatasetSubset.units_of([f.uri for f in files]))
+    result = run_dataset_job(
+        STAGE,
+        options,
+        test_pipeline,
+        source,
+        files,
+        units,
+        shards,
+        parameters,
+        earlier_stages=SUBSET_STAGES,
+    )
     why = f"--where matched none of the {rows:,} samples of {source}"
     return nothing_selected(result, STAGE, why, options.view_as(ExtractOptions).allow_empty)
 

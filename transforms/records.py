@@ -103,11 +103,34 @@ class Figure:
     image_panel_subtype: str | None = None
     image_primary_label: list[str] = field(default_factory=list)
     image_secondary_label: list[str] = field(default_factory=list)
+    # Ours beside BIOMEDICA's label fields (filled by annotate, see `Annotation`).
+    image_cluster_distance: float | None = None
+    image_label_source: str | None = None
+    image_label_score: float | None = None
     figure_id: str = ""
     figure_label: str = ""
     figure_type: str = "fig"  # fig | graphic outside a fig: table-wrap, disp-formula, body, ...
     graphic_index: int = 0
     graphic_count: int = 1
+
+
+@dataclass
+class Annotation:
+    """A figure sample's cluster and labels: a row of annotate's annotations/ files, and the
+    fields `shard --annotations` fills in its sample (same names as in `Figure`)."""
+
+    key: str
+    image_cluster_id: int
+    image_cluster_distance: float  # L2 distance to its centroid, in the model's PCA space
+    # The id of the label entry that applies: the cluster id of the expert label file (or,
+    # for caption and zero-shot labels, of this clustering); None where nothing labelled it.
+    image_label_id: int | None = None
+    image_panel_type: str | None = None  # single | multiple (BIOMEDICA's meaning)
+    image_panel_subtype: str | None = None  # "single panel", "multiple panels: images", ...
+    image_primary_label: list[str] = field(default_factory=list)  # global concepts
+    image_secondary_label: list[str] = field(default_factory=list)  # local concepts
+    image_label_source: str | None = None  # expert | caption_vote | zero_shot
+    image_label_score: float | None = None  # 1.0 for expert; the vote share otherwise
 
 
 @dataclass
@@ -184,6 +207,28 @@ HELD_ONCE = ("article_text",)
 # extract/figures: a figure row without the fields held once.
 FIGURE_FILE_SCHEMA = pa.schema([f for f in FIGURE_SCHEMA if f.name not in HELD_ONCE])
 DUPLICATE_SCHEMA = arrow_schema(Duplicate)
+ANNOTATION_SCHEMA = arrow_schema(Annotation)
+# The figure fields an annotation fills (all of its columns but the key).
+ANNOTATION_FIELDS = tuple(f.name for f in ANNOTATION_SCHEMA if f.name != "key")
+
+EMBEDDING_MODEL = "model"  # the embedding model's id, one value per file
+IMAGE_EMBEDDING = "image_embedding"
+CAPTION_EMBEDDING = "caption_embedding"
+
+
+def embedding_schema(dim: int, caption: bool) -> pa.Schema:
+    """A file of embed/embeddings: L2-normalised float32 vectors as fixed-size lists (a reader
+    maps them as one (rows, dim) array without copying); a caption column only where the
+    model has a text tower."""
+    vector = pa.list_(pa.float32(), dim)
+    fields = [
+        pa.field("key", pa.string()),
+        pa.field(EMBEDDING_MODEL, pa.string()),
+        pa.field(IMAGE_EMBEDDING, vector),
+    ]
+    if caption:
+        fields.append(pa.field(CAPTION_EMBEDDING, vector))
+    return pa.schema(fields)
 
 
 def figure_row(figure: Figure, article: Article) -> dict:

@@ -24,8 +24,25 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-test: lint
-	$(PY) -m pytest -q
+test: lint browser
+	$(PY) -m pytest -q -rs
+
+# The gallery's browser test drives Debian's chromium through chromium-driver. Installed when
+# missing and this user may (root, or sudo without a password); otherwise that test skips and
+# says why.
+.PHONY: browser
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "no apt-get: the gallery's browser test will skip (needs chromium, chromium-driver)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver \
+	  || echo "could not install chromium: the gallery's browser test will skip"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium chromium-driver \
+	  || echo "could not install chromium: the gallery's browser test will skip"; \
+	else echo "chromium missing and not installable here: the gallery's browser test will skip"; \
+	fi
 
 BENCH_ARTICLES ?= 1000 5000 20000
 

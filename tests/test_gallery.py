@@ -494,6 +494,9 @@ def test_two_thousand_clusters_stay_responsive(driver, tmp_path):
     thumbs = {key: make_thumbnail(drawn_jpeg(i)) for i, key in enumerate(pool)}
     keys = [[pool[(c + m) % len(pool)] for m in range(16)] for c in range(2000)]
     summary = make_summary(keys)
+    for cluster in summary["cluster_list"]:  # captions as long as annotate keeps (300 chars)
+        for m in cluster["nearest"]:
+            m["caption"] = (f"{m['key']}: western blot & MRI <i>in vivo</i> of cells. " * 8)[:300]
     started = time.perf_counter()
     gallery = write_gallery(tmp_path, summary, thumbs)
     built = time.perf_counter() - started

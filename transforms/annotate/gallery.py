@@ -22,7 +22,7 @@ from importlib import resources
 
 _ASSETS = "gallery_assets"
 # JSON's own escapes for the characters that could end or confuse an HTML script block.
-_HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+_HTML_SAFE = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"))
 
 
 def _finite(value):
@@ -39,8 +39,17 @@ def _finite(value):
 def embed_json(value) -> str:
     """`value` as JSON that is safe as the text of an HTML <script> element. ensure_ascii
     escapes U+2028/U+2029 and every other non-ASCII character as well."""
-    text = json.dumps(_finite(value), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.translate(_HTML_SAFE)
+    try:
+        text = _dumps(value)
+    except ValueError:  # a NaN or infinity somewhere: rare, so only then walk the whole value
+        text = _dumps(_finite(value))
+    for char, escape in _HTML_SAFE:
+        text = text.replace(char, escape)
+    return text
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def _asset(name: str) -> str:

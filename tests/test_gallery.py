@@ -481,6 +481,30 @@ def test_labels_set_in_the_page_come_back_in_the_saved_file(driver, small, downl
     assert "Loaded 1 labels" in driver.find_element("id", "status").text
     assert saved_labels(driver, downloads) == {"0": hand, "1": suggested, "3": EXPERT}
 
+    # The keyboard alone completes cluster 4: a subtype typed into its select, the concept
+    # picker opened with Enter, the first global concept ticked with Space.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    subtype = driver.find_element("id", "ps-4")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", subtype)
+    subtype.send_keys("s")
+    focused = "return document.activeElement.tagName + ' ' + document.activeElement.className"
+    # Past "Clear" ("Accept suggestion" is disabled: cluster 4 has no suggestion).
+    ActionChains(driver).send_keys(Keys.TAB, Keys.TAB).perform()
+    assert driver.execute_script(focused) == "SUMMARY "
+    ActionChains(driver).send_keys(Keys.ENTER, Keys.TAB, Keys.TAB).perform()
+    assert driver.execute_script(focused) == "INPUT global"
+    ActionChains(driver).send_keys(Keys.SPACE).perform()
+    keyed = {
+        "panel_type": "single",
+        "panel_subtype": "single panel",
+        "global_class": [next(iter(taxonomy()))],
+        "local_class": [],
+    }
+    wait_for(lambda: sheet_label(driver, 4)["state"] == "labelled", what="keyboard label")
+    assert saved_labels(driver, downloads)["4"] == keyed
+
     # The filter: unlabelled clusters only.
     select(driver, "filter-status", "unlabelled")
     ids = [s.get_attribute("data-cluster") for s in driver.find_elements("css selector", ".sheet")]

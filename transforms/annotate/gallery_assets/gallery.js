@@ -375,9 +375,12 @@
     ref.panelSubtype = el("select", { id: "ps-" + id, class: "panel-subtype",
       onchange: (e) => edit(id, (l) => { l.panel_subtype = e.target.value; }) });
     ref.chosen = el("span", { class: "chosen" });
+    // Built on the summary's click (keyboard too), before the details opens, so the next
+    // Tab already finds the checkboxes; the toggle covers an open set by script.
+    const openConcepts = () => { buildConcepts(ref); syncConcepts(ref); };
     ref.concepts = el("details", { class: "concepts",
-      ontoggle: () => { if (ref.concepts.open) { buildConcepts(ref); syncConcepts(ref); } } },
-      el("summary", {}, el("span", { text: "Concepts " }), ref.chosen));
+      ontoggle: () => { if (ref.concepts.open) openConcepts(); } },
+      el("summary", { onclick: openConcepts }, el("span", { text: "Concepts " }), ref.chosen));
     const hasSuggestion = Array.isArray(cluster.suggested) && cluster.suggested.some((s) => s);
     ref.root = el("section", { class: "sheet", id: "cluster-" + id, "aria-labelledby": hid,
       "data-cluster": id },

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import read_dead_letters, read_table
+from conftest import gcs_emulator, read_dead_letters, read_table
 
 MODEL_ID = "pixels-v1"
 DIM = 64
@@ -300,7 +300,7 @@ def test_expert_file_checked_entry_by_entry():
     with pytest.raises(ValueError, match="not JSON"):
         labels.parse_expert_labels(b"{", load_taxonomy())
     # BIOMEDICA's own file, where present, reads without a bad entry.
-    from tests.conftest import SHARED
+    from conftest import SHARED
 
     theirs = SHARED / "biomedica" / "cluster_labels.json"
     if theirs.exists():
@@ -436,6 +436,20 @@ def test_reused_model_keeps_ids_on_new_data(planted_inputs, annotated, tmp_path)
     ).read_bytes()
 
 
+def test_model_reused_from_gcs(planted_inputs, annotated, tmp_path, no_credential_retries):
+    extract, emb, *_ = planted_inputs
+    out, _ = annotated
+    with gcs_emulator("models") as client:
+        bucket = client.bucket("models")
+        for name in ("cluster_model-v1.faiss", "cluster_model-v1.json"):
+            bucket.blob(f"2026/{name}").upload_from_string((out / name).read_bytes())
+        later = tmp_path / "from-gcs"
+        annotate(extract, emb, later, "--cluster_model", "gs://models/2026/cluster_model-v1.faiss")
+    assert [r["image_cluster_id"] for r in annotations(later)] == [
+        r["image_cluster_id"] for r in annotations(out)
+    ]
+
+
 def test_expert_labels_reach_every_member(planted_inputs, annotated, tmp_path):
     extract, emb, *_ = planted_inputs
     out, _ = annotated
@@ -553,3 +567,48 @@ def test_model_for_other_embeddings_one_line(planted_inputs, annotated, tmp_path
     assert not (tmp_path / "o").exists()
     code, err = cli([*argv, "--cluster_labels", tmp_path / "none.json"], capsys)
     assert code == 1 and "--cluster_labels" in err and len(err.strip().splitlines()) == 1
+
+
+def test_zero_shot_labels_clusters_captions_leave_open(planted_inputs, tmp_path, monkeypatch):
+    """A model with a real text tower (its prompt embeddings stood in for here): clusters
+    whose captions name nothing get the zero-shot vote; caption votes still come first."""
+    from transforms.annotate import labels
+    from transforms.annotate.taxonomy import load_taxonomy
+
+    extract, emb, truth_of, vectors, truth = planted_inputs
+    info = json.loads((emb / "embed_model.json").read_text())
+    text_tower = tmp_path / "emb"
+    (text_tower / "embeddings").mkdir(parents=True)
+    for f in (emb / "embeddings").glob("*.parquet"):
+        (text_tower / "embeddings" / f.name).write_bytes(f.read_bytes())
+    info.update(caption=True, random_weights=False, model="open_clip:test", weights="w.pt")
+    (text_tower / "embed_model.json").write_text(json.dumps(info))
+    concepts, _ = labels.prompt_texts(load_taxonomy())
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((len(concepts), DIM)).astype(np.float32)
+    for planted_cluster, concept in ((2, "bar plot"), (3, "pie chart")):
+        centre = vectors[truth == planted_cluster].mean(axis=0)
+        matrix[concepts.index(concept)] = 10 * centre / np.linalg.norm(centre)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    calls = []
+
+    def prompt_matrix(model, weights, taxonomy):
+        calls.append((model, weights))
+        return concepts, matrix
+
+    monkeypatch.setattr(labels, "prompt_matrix", prompt_matrix)
+    out = tmp_path / "out"
+    result = annotate(extract, text_tower, out, "--clusters", 4)
+    assert calls == [("open_clip:test", "w.pt")]
+    assert result["zero_shot"].startswith("zero-shot:")
+    by_truth = {}
+    for r in annotations(out):
+        by_truth.setdefault(truth_of[r["key"]], set()).add(
+            (r["image_label_source"], tuple(r["image_secondary_label"]), r["image_label_score"])
+        )
+    assert by_truth[2] == {("zero_shot", ("bar plot",), 1.0)}
+    assert by_truth[3] == {("zero_shot", ("pie chart",), 1.0)}
+    assert {source for source, _, _ in by_truth[0]} == {"caption_vote"}
+    summary = json.loads((out / "clusters.json").read_text())
+    sources = [[s["source"] for s in c["suggested"]] for c in summary["cluster_list"]]
+    assert sorted(sources) == [["caption_vote", "zero_shot"]] * 2 + [["zero_shot"]] * 2

@@ -24,37 +24,95 @@ IMAGE_CLASSES = frozenset(
 )
 ASSAY_CLASSES = frozenset({"Immuno Assays", "PCR"})
 
-_SEPARATOR = r"[\s\-\u2010\u2011\u2012\u2013\u2014]+"  # spaces, hyphens and dashes alike
-_EDGE_BEFORE, _EDGE_AFTER = r"(?<![A-Za-z0-9])", r"(?![A-Za-z0-9])"
+# A caption is read as tokens (runs of letters, digits and "&"); a phrase of several words
+# matches only tokens that spaces, hyphens or dashes alone separate ("western-blot", not
+# "western, blot").
+_TOKEN = re.compile(r"[A-Za-z0-9&]+")
+_JOINER = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014]+")
+_ENDINGS = ("s", "es", "ing")  # of a phrase's last word: plurals and -ing forms
 
 
-def _token(token: str) -> str:
-    # A token with capitals is (part of) an abbreviation: matched as written.
-    return re.escape(token) if token != token.lower() else f"(?i:{re.escape(token)})"
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text)
 
 
-def _pattern(phrase: str) -> str:
-    tokens = [t for t in re.split(_SEPARATOR, phrase) if t]
-    ending = "s?" if tokens[-1] != tokens[-1].lower() else "(?i:s|es|ing)?"
-    return _SEPARATOR.join(_token(t) for t in tokens) + ending
+def _form(token: str) -> str:
+    """How a phrase's token is matched: as written where it holds a capital (part of an
+    abbreviation: "CT", "MRI", "qPCR"), in any case otherwise."""
+    return f"={token}" if token != token.lower() else f"~{token}"
 
 
 class ConceptFinder:
-    """The local concepts a caption names, through the taxonomy's names and our synonyms."""
+    """The local concepts a caption names, through the taxonomy's names and our synonyms.
+
+    A trie of phrase tokens, walked once per caption token: a caption costs a few dict
+    look-ups per word, not a pattern of hundreds of alternatives at every character."""
+
+    END = ""  # key of the concept a phrase ending at a node names
 
     def __init__(self, taxonomy: Taxonomy):
-        table = phrases(taxonomy)
-        # Longest first: at one position the alternation takes the first that matches.
-        ordered = sorted(table, key=lambda p: (-len(p), p))
-        self.concept_of = [table[p] for p in ordered]
-        body = "|".join(f"(?P<p{i}>{_pattern(p)})" for i, p in enumerate(ordered))
-        self.regex = re.compile(f"{_EDGE_BEFORE}(?:{body}){_EDGE_AFTER}")
+        self.trie: dict = {}
+        for phrase, concept in sorted(phrases(taxonomy).items()):
+            node = self.trie
+            for token in _tokens(phrase):
+                node = node.setdefault(_form(token), {})
+            node.setdefault(self.END, concept)
+
+    @staticmethod
+    def _keys(token: str, last: bool) -> list[str]:
+        keys = [f"={token}", f"~{token.lower()}"]
+        if last:  # a plural or -ing form of a phrase's last word
+            lower = token.lower()
+            for ending in _ENDINGS:
+                if lower.endswith(ending) and len(lower) > len(ending) + 1:
+                    keys.append(f"~{lower[: -len(ending)]}")
+            if token.endswith("s") and token[:-1] != token[:-1].lower():
+                keys.append(f"={token[:-1]}")  # "MRIs", "CTs"
+        return keys
+
+    def _longest(self, words: list[str], joined: list[bool], start: int) -> tuple[int, str | None]:
+        """(tokens taken, concept) of the longest phrase starting at words[start]."""
+        best: tuple[int, str | None] = (0, None)
+        frontier = [self.trie]
+        at = start
+        while frontier and at < len(words):
+            step = []
+            for node in frontier:
+                for key in self._keys(words[at], last=False):
+                    child = node.get(key)
+                    if child is not None:
+                        step.append(child)
+                for key in self._keys(words[at], last=True)[2:]:
+                    child = node.get(key)
+                    if child is not None and self.END in child:
+                        best = (at - start + 1, child[self.END])
+            for child in step:
+                if self.END in child:
+                    best = (at - start + 1, child[self.END])
+            frontier = step
+            if at + 1 < len(words) and not joined[at]:
+                break
+            at += 1
+        return best
 
     def concepts(self, caption: str | None) -> list[str]:
-        """Distinct local concepts, in the order the caption first names them."""
+        """Distinct local concepts, in the order the caption first names them; where phrases
+        overlap the longest wins ("CT angiography" is angiography, not CT)."""
+        if not caption:
+            return []
+        matches = list(_TOKEN.finditer(caption))
+        words = [m.group() for m in matches]
+        joined = [
+            bool(_JOINER.fullmatch(caption[a.end() : b.start()]))
+            for a, b in zip(matches, matches[1:], strict=False)
+        ]
         found: dict[str, None] = {}
-        for match in self.regex.finditer(caption or ""):
-            found.setdefault(self.concept_of[int(match.lastgroup[1:])])
+        at = 0
+        while at < len(words):
+            taken, concept = self._longest(words, joined, at)
+            if concept is not None:
+                found.setdefault(concept)
+            at += max(1, taken)
         return list(found)
 
 

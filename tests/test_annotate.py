@@ -14,9 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import gcs_emulator, read_dead_letters, read_table
+from PIL import Image
 
 MODEL_ID = "pixels-v1"
 DIM = 64

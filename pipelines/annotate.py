@@ -240,7 +240,6 @@ def run(argv=None, test_pipeline=None) -> dict:
     model = reused_model(opts.cluster_model, info) if opts.cluster_model else None
     expert = expert_labels(opts.cluster_labels)
     zero_shot, why = labels.zero_shot_allowed(info)
-    print(f"biomedica annotate: {why}", file=sys.stderr)
     rows = warn_if_capped(files, opts)
     stage_terms = {STAGE: ("out", "dead_letter")}
     if expert is not None:
@@ -271,6 +270,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     counts | "RunReport" >> report.WriteRunReport(storage.join(output, REPORT), stage_terms, header)
     with output_lock(output, run_id) as lock:
         prepare_output(output, REPORT, run_options.overwrite, OUTPUT_PARTS)
+        print(f"biomedica annotate: {why}", file=sys.stderr)  # said once the run starts
         shown = progress(run_options.log_level, "annotate", ["embeddings", "annotations"], rows)
         return run_and_report(p, output, time.time(), [], lock, shown)
 

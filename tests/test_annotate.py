@@ -611,3 +611,12 @@ def test_zero_shot_labels_clusters_captions_leave_open(planted_inputs, tmp_path,
     summary = json.loads((out / "clusters.json").read_text())
     sources = [[s["source"] for s in c["suggested"]] for c in summary["cluster_list"]]
     assert sorted(sources) == [["caption_vote", "zero_shot"]] * 2 + [["zero_shot"]] * 2
+
+
+def test_second_run_into_an_output_needs_overwrite(planted_inputs, annotated, capsys):
+    extract, emb, *_ = planted_inputs
+    out, _ = annotated
+    argv = ["--input", extract, "--embeddings", emb, "--output", out, "--clusters", 4]
+    code, err = cli(argv, capsys)
+    assert code == 1 and "pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "clusters.json").is_file()

@@ -16,6 +16,10 @@ PIPELINES = {
     ),
     "shard": ("pipelines.shard", "extract output -> WebDataset shards + Parquet per license group"),
     "subset": ("pipelines.subset", "a dataset -> a new dataset of the samples matching --where"),
+    "annotate": (
+        "pipelines.annotate",
+        "embeddings -> clusters (faiss), labels per sample, cluster summary, gallery",
+    ),
     "sample": ("pipelines.sample", "write a generated sample corpus in the PMC Cloud layout"),
 }
 

@@ -85,6 +85,43 @@ class AllowEmpty:
         )
 
 
+class AnnotateOptions(PipelineOptions):
+    """annotate: what it clusters and labels (--input is InputOptions' extract output)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("annotate")
+        group.add_argument("--embeddings", help="an embed output (holds embeddings/*.parquet)")
+        group.add_argument(
+            "--clusters", type=int, default=2000, help="k-means clusters (at most sample / 10)"
+        )
+        group.add_argument("--pca_dims", type=int, default=25, help="PCA dimensions before k-means")
+        group.add_argument(
+            "--cluster_sample",
+            type=int,
+            default=100000,
+            help="embeddings the clustering model is trained on (those of smallest key hash)",
+        )
+        group.add_argument(
+            "--cluster_model",
+            help="reuse a saved clustering model (cluster_model-v1.faiss, or the folder "
+            "holding it; local, gs:// or s3://) instead of training one",
+        )
+        group.add_argument(
+            "--cluster_labels",
+            help="expert labels per cluster id, in BIOMEDICA's cluster_labels.json format",
+        )
+        group.add_argument(
+            "--gallery_members",
+            type=int,
+            default=16,
+            help="members nearest each centroid shown in the summary and the gallery",
+        )
+        group.add_argument(
+            "--seed", type=int, default=0, help="seed of the training sample and of k-means"
+        )
+
+
 # Numeric flags where a negative value means something (-1: exact duplicates only).
 SIGNED = frozenset({"--near_duplicate_threshold"})
 
@@ -92,6 +129,7 @@ OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
+    "annotate": (InputOptions, AnnotateOptions, RunOptions),
 }
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from transforms import progress, storage
 from transforms.annotate import clustering, embedding_rows, figure_rows, labels, summary
 from transforms.annotate.caption_concepts import MULTIPLE, default_finder, panel_type
+from transforms.annotate.gallery import build_gallery
 from transforms.annotate.taxonomy import load_taxonomy
 from transforms.annotate.thumbnails import make_thumbnail, thumbnail_path
 from transforms.outcomes import dead
@@ -233,14 +234,8 @@ def write_summary(summarised: dict, output: str, guard=None) -> list[str]:
 
 
 def write_gallery_page(content: dict, output: str, guard=None) -> list[str]:
-    """GALLERY CALL SITE: the one place the gallery page is written, from clusters.json's
-    content alone (transforms/annotate/gallery.py, `build_gallery(summary) -> {relative path
-    under gallery/: bytes}`; thumbnails are written by WriteThumbnails)."""
-    try:
-        from transforms.annotate.gallery import build_gallery
-    except ImportError:  # the gallery module lands with its own branch
-        log.warning("gallery/index.html not written: transforms.annotate.gallery is missing")
-        return []
+    """The gallery page, from clusters.json's content alone (its thumbnails are written by
+    WriteThumbnails); the paths written, relative to gallery/."""
     written = []
     for path, data in sorted(build_gallery(content).items()):
         if guard is not None:

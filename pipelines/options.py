@@ -35,7 +35,7 @@ class InputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("input")
-        group.add_argument("--input", help="an extract output (shard) or a dataset (subset)")
+        group.add_argument("--input", help="an extract output (shard, embed, annotate) or a dataset (subset)")
 
 
 class ExtractOptions(PipelineOptions):

@@ -64,6 +64,7 @@ class ShardInputOptions(PipelineOptions):
         )
         group.add_argument(
             "--annotations",
+            metavar="ANN",
             help="a `biomedica annotate` output: each sample's cluster and labels come from "
             "ANN/annotations/<its figure file's name>, matched by key",
         )

@@ -1,6 +1,6 @@
 """`biomedica shard`: extract output to a dataset that training code reads as it is.
 
-    biomedica shard --input out/run --output gs://bucket/dataset [--samples_per_shard 1000]
+    biomedica shard --input out/run --output gs://bucket/dataset [--annotations out/ann]
 
 Writes under --output: webdataset/<group>/<index:06d>.tar, parquet/<group>/<index:06d>.parquet,
 manifest.json, README.md (dataset card) with charts/, dead_letter/ and run_report.json.

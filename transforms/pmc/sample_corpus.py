@@ -7,6 +7,11 @@ metadata under `inventory-reports/`. Every article is made from its own seeded g
 so the output is byte-identical for the same arguments, whatever the order or the number of
 worker processes. The corpus mixes the XML and media variants real packages show, and holds
 deliberate exact and near duplicate figures, listed in `sample_manifest.json`.
+
+Every graphic shows one kind of picture (KINDS: plot, micrograph, diagram, blot, heatmap,
+photograph, scan) in all of its panels, a pure function of (seed, article index, graphic
+number): `graphic_kind`. Most captions name it. The manifest's `figure_kinds` gives every
+graphic file's kind (`figure_kinds`, `row_kind` read it).
 """
 
 from __future__ import annotations

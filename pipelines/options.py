@@ -55,11 +55,18 @@ class ShardOptions(PipelineOptions):
 class ShardInputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument_group("shard input").add_argument(
+        group = parser.add_argument_group("shard input")
+        group.add_argument(
             "--without_article_text",
             action="store_true",
             help="shard figure files that have no extract/articles file beside them: every "
             "sample's article_text is then empty (refused otherwise)",
+        )
+        group.add_argument(
+            "--annotations",
+            metavar="ANN",
+            help="a `biomedica annotate` output: each sample's cluster and labels come from "
+            "ANN/annotations/<its figure file's name>, matched by key",
         )
 
 

@@ -1,6 +1,6 @@
 """`biomedica shard`: extract output to a dataset that training code reads as it is.
 
-    biomedica shard --input out/run --output gs://bucket/dataset [--samples_per_shard 1000]
+    biomedica shard --input out/run --output gs://bucket/dataset [--annotations out/ann]
 
 Writes under --output: webdataset/<group>/<index:06d>.tar, parquet/<group>/<index:06d>.parquet,
 manifest.json, README.md (dataset card) with charts/, dead_letter/ and run_report.json.
@@ -42,8 +42,22 @@ from transforms import report, run_lock, storage
 from transforms.article_files import sibling
 from transforms.outcomes import DEAD
 from transforms.shard import dataset_card
-from transforms.shard.sources import TEXT, ParquetSource
-from transforms.shard.write_shards import COUNTS, STAGE, STATS, WORK_DIR, WriteShards, count_rows
+from transforms.shard.sources import (
+    ANNOTATIONS_FOLDER,
+    TEXT,
+    ParquetSource,
+    annotations_file,
+    missing_annotation_columns,
+)
+from transforms.shard.write_shards import (
+    COUNTS,
+    LABELS,
+    STAGE,
+    STATS,
+    WORK_DIR,
+    WriteShards,
+    count_rows,
+)
 from transforms.sinks import WriteDeadLetters, open_native
 
 RUN_FILE = "_run.json"
@@ -124,6 +138,60 @@ def refuse_missing_texts(files: list[storage.FileInfo], without_text: bool) -> N
         )
 
 
+def _parquet_columns(uri: str) -> list[str] | None:
+    """The column names of a Parquet file, from its footer; None if it cannot be read."""
+    source = open_native(uri)
+    try:
+        return pq.ParquetFile(source).schema_arrow.names
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def annotation_inputs(
+    files: list[storage.FileInfo], annotations: str | None
+) -> list[storage.FileInfo]:
+    """The annotations file of each figure file (--annotations), checked before the job: an
+    ANN with no annotations/ folder, a figure file without its annotations file, or one
+    that cannot be read or lacks ANNOTATION_SCHEMA's columns is refused in one line."""
+    if not annotations:
+        return []
+    folder = storage.join(annotations, ANNOTATIONS_FOLDER)
+    present = {posixpath.basename(f.uri): f for f in storage.glob(storage.join(folder, "*"))}
+    if not present:
+        raise SystemExit(
+            f"--annotations {annotations} has no {ANNOTATIONS_FOLDER}/ folder (or it is empty): "
+            "pass the --output of a `biomedica annotate` run"
+        )
+    found, missing = [], []
+    for figure in files:
+        info = present.get(posixpath.basename(figure.uri))
+        if info is None:
+            missing.append(figure.uri)
+        else:
+            found.append(info)
+    if missing:
+        more = f" (and {len(missing) - 1} more figure files)" if len(missing) > 1 else ""
+        raise SystemExit(
+            f"{annotations_file(annotations, missing[0])} is missing: it holds the labels of "
+            f"{missing[0]}{more}; annotate the same extract output, or shard without "
+            "--annotations"
+        )
+    for info in found:
+        columns = _parquet_columns(info.uri)
+        if columns is None:
+            raise SystemExit(f"{info.uri} is not a readable Parquet file (--annotations)")
+        lacking = missing_annotation_columns(columns)
+        if lacking:
+            raise SystemExit(
+                f"{info.uri} lacks the annotation columns {', '.join(lacking)}: it is not "
+                "an annotations file of `biomedica annotate` (transforms.records.Annotation)"
+            )
+    return found
+
+
 def fingerprint(files: list[storage.FileInfo], parameters: dict) -> dict:
     """What a run is made of: a second run with the same fingerprint may resume it."""
     return {"input": [{"path": f.uri, "bytes": f.size} for f in files], "parameters": parameters}
@@ -175,12 +243,12 @@ def remove_unlisted(output: str, manifest: dict) -> list[str]:
     return removed
 
 
-def _finish(records, stats, output: str, source: str, parameters: dict, guard=None):
+def _finish(records, stats, labels, output: str, source: str, parameters: dict, guard=None):
     if guard is not None:
         guard()  # a run that lost its lock must not publish (or prune) another's dataset
     manifest = dataset_card.build_manifest(records, source, parameters)
     remove_unlisted(output, manifest)
-    for path, data in dataset_card.build_card(manifest, stats).items():
+    for path, data in dataset_card.build_card(manifest, stats, labels).items():
         storage.atomic_write(storage.join(output, path), [data])
     storage.atomic_write(
         storage.join(output, dataset_card.MANIFEST), [dataset_card.manifest_bytes(manifest)]
@@ -205,6 +273,7 @@ def write_dataset(
     """
     written = units | "Shards" >> shards
     stats = written[STATS] | "CardCounts" >> beam.CombinePerKey(sum)
+    labels = written[LABELS] | "LabelCounts" >> beam.CombinePerKey(sum)
     records = written["records"]
     (
         records
@@ -213,6 +282,7 @@ def write_dataset(
         >> beam.FlatMap(
             _finish,
             stats=beam.pvalue.AsList(stats),
+            labels=beam.pvalue.AsList(labels),
             output=output,
             source=source,
             parameters=parameters,
@@ -263,11 +333,17 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
     allow_empty = options.view_as(ExtractOptions).allow_empty
     without_text = options.view_as(ShardInputOptions).without_article_text
+    annotations = options.view_as(ShardInputOptions).annotations
+    refuse_overlap(opts.output, annotations=annotations)
     files = figure_inputs(figure_files(source), allow_empty)
     refuse_missing_texts(files, without_text)
+    labels = annotation_inputs(files, annotations)
     rows = count_rows([f.uri for f in files])
     shards = shard_transform(
-        options, opts.output, ParquetSource(article_text=not without_text), rows
+        options,
+        opts.output,
+        ParquetSource(article_text=not without_text, annotations=annotations),
+        rows,
     )
     parameters = {
         "samples_per_shard": shards.samples_per_shard,
@@ -275,9 +351,19 @@ def run(argv=None, test_pipeline=None) -> dict:
     }
     if without_text:  # said in the manifest and card: the texts were left out on purpose
         parameters["without_article_text"] = True
+    if annotations:  # another annotations folder (or its files changed): another run
+        parameters["annotations"] = annotations
     units = ("FigureFiles", sorted(f.uri for f in files))
     result = run_dataset_job(
-        "shard", options, test_pipeline, source, files, units, shards, parameters, total=rows
+        "shard",
+        options,
+        test_pipeline,
+        source,
+        files + labels,
+        units,
+        shards,
+        parameters,
+        total=rows,
     )
     return nothing_selected(result, STAGE, "the input holds no figure sample", allow_empty)
 

@@ -7,6 +7,11 @@ metadata under `inventory-reports/`. Every article is made from its own seeded g
 so the output is byte-identical for the same arguments, whatever the order or the number of
 worker processes. The corpus mixes the XML and media variants real packages show, and holds
 deliberate exact and near duplicate figures, listed in `sample_manifest.json`.
+
+Every graphic shows one kind of picture (KINDS: plot, micrograph, diagram, blot, heatmap,
+photograph, scan) in all of its panels, a pure function of (seed, article index, graphic
+number): `graphic_kind`. Most captions name it. The manifest's `figure_kinds` gives every
+graphic file's kind (`figure_kinds`, `row_kind` read it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from functools import lru_cache, partial
 from xml.sax.saxutils import escape
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from transforms import storage
 
@@ -466,7 +471,8 @@ def _smooth_field(rng: np.random.Generator, w: int, h: int, cells: int = 6) -> n
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def _microscopy(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+def _fluorescence(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Confocal/epifluorescence: blurred cells in a few channels on a dark field."""
     lw, lh = max(8, w // 4), max(8, h // 4)
     channels = []
     for _ in range(3):
@@ -485,12 +491,52 @@ def _microscopy(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     stack *= 0.6 + 0.6 * _smooth_field(rng, lw, lh, 4)[..., None]
     stack += rng.normal(0, 10, stack.shape).astype(np.float32) + 8
     low = Image.fromarray(np.clip(stack, 0, 255).astype(np.uint8), "RGB")
-    image = low.resize((w, h), Image.Resampling.BILINEAR)
+    return low.resize((w, h), Image.Resampling.BILINEAR)
+
+
+# Brightfield stains: (background, stroma, nuclei, extra chromogen or None).
+_STAINS = (
+    ((246, 238, 242), (232, 150, 186), (88, 52, 134), None),  # H&E
+    ((244, 242, 238), (214, 196, 200), (92, 102, 160), (136, 84, 38)),  # IHC: DAB on hematoxylin
+    ((240, 244, 246), (120, 160, 210), (70, 60, 120), None),  # trichrome-like
+)
+
+
+def _brightfield(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A stained tissue section (H&E, IHC): pink stroma and purple nuclei on a pale slide."""
+    lw, lh = max(8, w // 4), max(8, h // 4)
+    background, stroma, nucleus, chromogen = (
+        np.array(c, dtype=np.float32) if c else None
+        for c in _STAINS[int(rng.integers(len(_STAINS)))]
+    )
+    tissue = np.clip(_smooth_field(rng, lw, lh, 5) * 1.8 - 0.3, 0, 1)[..., None]
+    layer = Image.new("L", (lw, lh), 0)
+    draw = ImageDraw.Draw(layer)
+    for _ in range(max(10, lw * lh // int(rng.integers(60, 200)))):
+        cx, cy = rng.random() * lw, rng.random() * lh
+        r = 0.6 + rng.random() * 1.6
+        draw.ellipse([cx - r, cy - r * (0.6 + rng.random() * 0.6), cx + r, cy + r], fill=255)
+    nuclei = np.asarray(layer.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)[..., None]
+    nuclei = nuclei / 255.0 * tissue
+    image = background * (1 - tissue) + stroma * tissue
+    image = image * (1 - nuclei) + nucleus * nuclei
+    if chromogen is not None:
+        brown = np.clip(_smooth_field(rng, lw, lh, 8) * 2.2 - 1.2, 0, 1)[..., None] * tissue
+        image = image * (1 - brown) + chromogen * brown
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 5
+    low = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
+    return low.resize((w, h), Image.Resampling.BILINEAR)
+
+
+def _micrograph(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    image = (_fluorescence if rng.random() < 0.5 else _brightfield)(rng, w, h)
     draw = ImageDraw.Draw(image)
     bar = int(w * (0.1 + rng.random() * 0.1))
+    dark = image.getpixel((w - w // 10, h - h // 12))
+    fill = (255, 255, 255) if sum(dark) < 384 else (0, 0, 0)
     draw.rectangle(
         [w - bar - w // 20, h - h // 15, w - w // 20, h - h // 15 + max(3, h // 120)],
-        fill=(255, 255, 255),
+        fill=fill,
     )
     return image
 
@@ -604,8 +650,264 @@ def _blot(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return low.resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
 
 
-_STYLES = (_microscopy, _bars, _lines, _heatmap, _blot)
-_FLAT_STYLES = (_bars, _lines, _heatmap)
+def _scatter(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    image = _tinted_canvas(rng, w, h)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = _axes(draw, w, h)
+    palette = _PALETTES[int(rng.integers(len(_PALETTES)))]
+    r = max(2, w // 200)
+    for s in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(15, 80))
+        slope = rng.normal(0, 0.6)
+        xs = rng.random(n)
+        ys = np.clip(0.5 + slope * (xs - 0.5) + rng.normal(0, 0.12, n) + 0.1 * s, 0.02, 0.98)
+        color = palette[s % len(palette)]
+        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+            px, py = left + (right - left) * x, bottom - (bottom - top) * y
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=color, outline=(0, 0, 0))
+        if rng.random() < 0.6:
+            y0, y1 = 0.5 - slope / 2 + 0.1 * s, 0.5 + slope / 2 + 0.1 * s
+            draw.line(
+                [(left, bottom - (bottom - top) * y0), (right, bottom - (bottom - top) * y1)],
+                fill=color,
+                width=max(1, w // 300),
+            )
+    return image
+
+
+def _plot(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    return (_bars, _lines, _scatter)[int(rng.integers(3))](rng, w, h)
+
+
+# Photograph scenes: (backdrop colours, subject colours, lesion colours).
+_SCENES = (
+    (
+        ((48, 96, 92), (30, 70, 80)),
+        ((222, 176, 148), (196, 140, 112)),
+        ((150, 60, 60), (96, 40, 36)),
+    ),
+    (
+        ((40, 40, 46), (70, 66, 72)),
+        ((180, 120, 100), (140, 80, 70)),
+        ((110, 30, 40), (200, 170, 120)),
+    ),
+    (
+        ((60, 84, 140), (36, 52, 100)),
+        ((236, 196, 170), (210, 160, 130)),
+        ((170, 80, 70), (80, 50, 40)),
+    ),
+    (
+        ((120, 100, 80), (90, 70, 56)),
+        ((200, 90, 90), (170, 60, 70)),
+        ((240, 210, 180), (120, 40, 50)),
+    ),
+)
+
+
+def _photograph(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A clinical or specimen photo: a lit subject on a backdrop, with textured lesions."""
+    lw, lh = max(8, w // 5), max(8, h // 5)
+    backdrop, subject, lesion = (
+        [np.array(c, dtype=np.float32) for c in pair]
+        for pair in _SCENES[int(rng.integers(len(_SCENES)))]
+    )
+    shade = _smooth_field(rng, lw, lh, 3)[..., None]
+    image = backdrop[0] * shade + backdrop[1] * (1 - shade)
+    # The subject: a large soft blob off centre (skin, an organ, a specimen).
+    yy, xx = np.mgrid[0:lh, 0:lw].astype(np.float32)
+    cx, cy = lw * (0.3 + 0.4 * rng.random()), lh * (0.3 + 0.4 * rng.random())
+    rx, ry = lw * (0.35 + 0.3 * rng.random()), lh * (0.35 + 0.3 * rng.random())
+    wobble = _smooth_field(rng, lw, lh, 4) * 0.5
+    body = np.clip((1.0 + wobble - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2) * 3, 0, 1)
+    tone = _smooth_field(rng, lw, lh, 5)[..., None]
+    skin = subject[0] * tone + subject[1] * (1 - tone)
+    image = image * (1 - body[..., None]) + skin * body[..., None]
+    for _ in range(int(rng.integers(1, 4))):  # lesions, each drawn within its own box
+        lx, ly = cx + (rng.random() - 0.5) * rx, cy + (rng.random() - 0.5) * ry
+        sx, sy = lw * (0.04 + 0.12 * rng.random()), lh * (0.04 + 0.12 * rng.random())
+        x0, x1 = max(0, int(lx - 1.4 * sx)), min(lw, int(lx + 1.4 * sx) + 1)
+        y0, y1 = max(0, int(ly - 1.4 * sy)), min(lh, int(ly + 1.4 * sy) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        bw, bh = x1 - x0, y1 - y0
+        edge = _smooth_field(rng, bw, bh, 5) * 0.8
+        bx, by = xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]
+        spot = np.clip((1.0 + edge - ((bx - lx) / sx) ** 2 - ((by - ly) / sy) ** 2) * 2, 0, 1)
+        mix = _smooth_field(rng, bw, bh, 6)[..., None]
+        color = lesion[0] * mix + lesion[1] * (1 - mix)
+        spot = (spot * body[y0:y1, x0:x1])[..., None]
+        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1 - spot) + color * spot
+    # Texture (pores, folds) and the fall-off of a flash.
+    image *= 0.88 + 0.24 * _smooth_field(rng, lw, lh, max(6, lw // 5))[..., None]
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 6
+    light = 1.1 - 0.5 * (((xx - lw / 2) / lw) ** 2 + ((yy - lh / 2) / lh) ** 2)
+    image = np.clip(image * light[..., None], 0, 235)
+    low = Image.fromarray(image.astype(np.uint8), "RGB")
+    return low.resize((w, h), Image.Resampling.BILINEAR)
+
+
+def _ellipse_points(cx: float, cy: float, rx: float, ry: float, angle: float, n: int = 40):
+    """The outline of a rotated ellipse as a polygon."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = rx * np.cos(t), ry * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return list(zip((cx + x * c - y * s).tolist(), (cy + x * s + y * c).tolist(), strict=True))
+
+
+def _scan(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A radiology image (axial CT, MRI, radiograph): a bright body outline with organ-like
+    structures, in grayscale on black."""
+    lw, lh = max(8, w // 4), max(8, h // 4)
+    image = Image.new("L", (lw, lh), 0)
+    draw = ImageDraw.Draw(image)
+    cx, cy = lw * (0.38 + 0.24 * rng.random()), lh * (0.38 + 0.24 * rng.random())
+    rx, ry = lw * (0.28 + 0.17 * rng.random()), lh * (0.3 + 0.17 * rng.random())
+    tilt = rng.normal(0, 0.25)
+    modality = int(rng.integers(3))
+    body = _ellipse_points(cx, cy, rx * 0.9, ry * 0.9, tilt)
+    draw.polygon(_ellipse_points(cx, cy, rx, ry, tilt), fill=int(200 + 40 * rng.random()))
+    draw.polygon(body, fill=int(70 + 60 * rng.random()))  # soft tissue in a bright rim
+    inside = Image.new("L", (lw, lh), 0)
+    ImageDraw.Draw(inside).polygon(body, fill=255)
+    # Organs, lungs, ventricles, bone; in a radiograph also ribs: kept within the body.
+    parts, where = Image.new("L", (lw, lh), 0), Image.new("L", (lw, lh), 0)
+    draw_parts, draw_where = ImageDraw.Draw(parts), ImageDraw.Draw(where)
+    for _ in range(int(rng.integers(3, 9))):
+        ox = cx + (rng.random() - 0.5) * rx * 1.2
+        oy = cy + (rng.random() - 0.5) * ry * 1.2
+        orx, ory = rx * (0.08 + 0.3 * rng.random()), ry * (0.08 + 0.3 * rng.random())
+        outline = _ellipse_points(ox, oy, orx, ory, rng.random() * np.pi, 24)
+        draw_parts.polygon(outline, fill=int(rng.choice((10, 40, 120, 160, 250))))
+        draw_where.polygon(outline, fill=255)
+    if modality == 2:
+        xs = np.linspace(cx - rx, cx + rx, 16)
+        for k in range(int(rng.integers(5, 10))):
+            ys = cy - ry * 0.8 + k * ry * 0.2 + 0.15 * ((xs - cx) / rx) ** 2 * ry
+            rib = list(zip(xs.tolist(), ys.tolist(), strict=True))
+            width = max(1, int(ry * 0.06))
+            draw_parts.line(rib, fill=225, width=width)
+            draw_where.line(rib, fill=255, width=width)
+    image.paste(parts, mask=ImageChops.multiply(where, inside))
+    array = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6 + rng.random())), np.float32)
+    if modality == 1:  # MRI: tissue texture
+        inner = np.asarray(inside) > 0
+        array = array * np.where(inner, 0.7 + 0.6 * _smooth_field(rng, lw, lh, 10), 1.0)
+    array += rng.standard_normal(array.shape, dtype=np.float32) * 6 * (array > 8)
+    low = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L")
+    return low.resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
+
+
+_BOX_COLORS = (
+    (173, 216, 230),
+    (255, 204, 153),
+    (204, 235, 197),
+    (255, 237, 160),
+    (222, 203, 228),
+    (251, 180, 174),
+    (179, 205, 227),
+)
+_DIAGRAM_WORDS = (
+    "Receptor",
+    "Ligand",
+    "Nucleus",
+    "Transcription",
+    "Apoptosis",
+    "Proliferation",
+    "Inflammation",
+    "Screened",
+    "Excluded",
+    "Randomized",
+    "Follow-up",
+    "Analysis",
+    "Control",
+    "Treatment",
+    # Genes, in the letters the default font has.
+    *(gene for gene in _GENES if gene.isascii()),
+)
+
+
+def _arrow(draw: ImageDraw.ImageDraw, a, b, width: int, head: float) -> None:
+    draw.line([a, b], fill=(40, 40, 40), width=width)
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    length = max(1e-6, (dx * dx + dy * dy) ** 0.5)
+    ux, uy = dx / length, dy / length
+    left = (b[0] - head * ux + head * 0.5 * uy, b[1] - head * uy - head * 0.5 * ux)
+    right = (b[0] - head * ux - head * 0.5 * uy, b[1] - head * uy + head * 0.5 * ux)
+    draw.polygon([b, left, right], fill=(40, 40, 40))
+
+
+def _diagram(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A pathway or flowchart: coloured rounded boxes with labels, joined by arrows."""
+    image = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    cols, rows = int(rng.integers(1, 4)), int(rng.integers(2, 5))
+    cw, ch = w / cols, h / rows
+    font = _font(max(9, int(min(cw, ch) / 7)))
+    if rng.random() < 0.4:  # a cell outline around the pathway
+        draw.ellipse([w * 0.03, h * 0.03, w * 0.97, h * 0.97], outline=(120, 120, 160), width=3)
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            if rng.random() < 0.2 and boxes:
+                continue
+            bx = cw * (c + 0.5) + (rng.random() - 0.5) * cw * 0.2
+            by = ch * (r + 0.5) + (rng.random() - 0.5) * ch * 0.15
+            bw, bh = cw * (0.55 + 0.3 * rng.random()) / 2, ch * (0.35 + 0.2 * rng.random()) / 2
+            boxes.append((bx, by, bw, bh))
+    width, head = max(1, w // 300), max(5, min(w, h) / 40)
+    for (ax, ay, aw, ah), (bx, by, bw, bh) in zip(boxes, boxes[1:], strict=False):
+        dx, dy = bx - ax, by - ay
+        # From edge to edge along the line between the centres.
+        leave = min(aw / max(abs(dx), 1e-6), ah / max(abs(dy), 1e-6))
+        reach = min(bw / max(abs(dx), 1e-6), bh / max(abs(dy), 1e-6))
+        if leave + reach < 1:
+            _arrow(
+                draw,
+                (ax + dx * leave, ay + dy * leave),
+                (bx - dx * reach, by - dy * reach),
+                width,
+                head,
+            )
+    for bx, by, bw, bh in boxes:
+        draw.rounded_rectangle(
+            [bx - bw, by - bh, bx + bw, by + bh],
+            radius=max(2, int(min(bw, bh) * 0.4)),
+            fill=_BOX_COLORS[int(rng.integers(len(_BOX_COLORS)))],
+            outline=(60, 60, 60),
+            width=width,
+        )
+        label = _DIAGRAM_WORDS[int(rng.integers(len(_DIAGRAM_WORDS)))]
+        draw.text((bx, by), label, fill=(0, 0, 0), font=font, anchor="mm")
+    return image
+
+
+# kind: (painter, weight in the mix). Plots are the most common figures in PMC; radiology
+# scans the rarest here.
+_PAINTERS = {
+    "plot": (_plot, 30),
+    "micrograph": (_micrograph, 22),
+    "diagram": (_diagram, 14),
+    "blot": (_blot, 11),
+    "heatmap": (_heatmap, 9),
+    "photograph": (_photograph, 8),
+    "scan": (_scan, 6),
+}
+KINDS = tuple(_PAINTERS)
+# What a PNG or TIFF holds: line art, not photographs.
+FLAT_KINDS = ("plot", "diagram", "heatmap")
+
+
+def drawn_kind(seed: int, index: int, number: int, flat: bool) -> str:
+    """The kind render_image draws for graphic `number` of article `index`: a pure function,
+    drawn from the mix of KINDS (FLAT_KINDS where the file is a PNG or TIFF)."""
+    kinds = FLAT_KINDS if flat else KINDS
+    weights = [_PAINTERS[k][1] for k in kinds]
+    pick = random.Random(f"kind:{seed}:{index}:{number}").random() * sum(weights)
+    for kind, weight in zip(kinds, weights, strict=True):
+        pick -= weight
+        if pick < 0:
+            return kind
+    return kinds[-1]
 
 
 def _panel_letter(image: Image.Image, letter: str, x: int, y: int) -> None:
@@ -622,21 +924,22 @@ def _panel_letter(image: Image.Image, letter: str, x: int, y: int) -> None:
 
 
 def render_image(seed: int, index: int, number: int, image_side: int, flat: bool) -> Image.Image:
-    """The picture of one graphic, a pure function of (seed, article index, graphic number)."""
+    """The picture of one graphic, a pure function of (seed, article index, graphic number):
+    one kind (drawn_kind) in every panel, panels lettered A-D."""
     rng = np.random.default_rng([seed, index, number])
+    paint = _PAINTERS[drawn_kind(seed, index, number, flat)][0]
     w = image_side
     h = max(24, int(image_side * (0.6 + 0.4 * rng.random())))
-    styles = _FLAT_STYLES if flat else _STYLES
     panels = int(rng.choice([1, 1, 2, 2, 4]))
     if panels == 1 or w < 200:
-        return styles[int(rng.integers(len(styles)))](rng, w, h)
+        return paint(rng, w, h)
     image = Image.new("RGB", (w, h), (255, 255, 255))
     cols = 2
     rows = panels // cols
     pw, ph = w // cols, h // rows
     for p in range(panels):
         x, y = (p % cols) * pw, (p // cols) * ph
-        image.paste(styles[int(rng.integers(len(styles)))](rng, pw, ph), (x, y))
+        image.paste(paint(rng, pw, ph), (x, y))
         _panel_letter(image, "ABCD"[p], x, y)
     return image
 
@@ -709,42 +1012,78 @@ def _eligible_sources(plan: ArticlePlan) -> list[GraphicSpec]:
     ]
 
 
+def _is_flat(graphic: GraphicSpec) -> bool:
+    return graphic.fmt in ("png", "tiff")
+
+
 def _original(seed: int, plan: ArticlePlan, graphic: GraphicSpec, side: int):
-    flat = graphic.fmt in ("png", "tiff")
-    image = render_image(seed, plan.index, graphic.number, side, flat=flat)
+    image = render_image(seed, plan.index, graphic.number, side, flat=_is_flat(graphic))
     data, ext = _encode(image, graphic.fmt)
     return image, data, ext
+
+
+def _drawn_from(
+    seed: int, plan: ArticlePlan, graphic: GraphicSpec, start_pmcid: int = 9_000_001
+) -> tuple[ArticlePlan, GraphicSpec]:
+    """The (article, graphic) whose picture a graphic's file shows: the source of a
+    duplicate, the graphic itself otherwise."""
+    if graphic.dup:
+        source_plan = plan_article(seed, graphic.dup_source, start_pmcid)
+        sources = _eligible_sources(source_plan)
+        if sources:
+            return source_plan, sources[int(graphic.dup_pick * len(sources))]
+    return plan, graphic
+
+
+def article_kinds(seed: int, plan: ArticlePlan) -> dict[int, str]:
+    """{graphic number: kind} of an article's graphics, as their files show them (a
+    duplicate shows its source's kind)."""
+    kinds = {}
+    for fig in plan.figures:
+        for graphic in fig.graphics:
+            source_plan, source = _drawn_from(seed, plan, graphic)
+            kinds[graphic.number] = drawn_kind(
+                seed, source_plan.index, source.number, _is_flat(source)
+            )
+    return kinds
+
+
+def graphic_kind(seed: int, index: int, number: int) -> str:
+    """The kind (one of KINDS) of graphic `number` (1-based, in document order) of article
+    `index` of the corpus made with `seed`: what its file shows, a pure function of the
+    three (the start PMCID and image side change neither)."""
+    kinds = article_kinds(seed, plan_article(seed, index))
+    if number not in kinds:
+        raise ValueError(f"article {index} has no graphic {number} (it has {len(kinds)})")
+    return kinds[number]
 
 
 def render_graphic(
     seed: int, plan: ArticlePlan, graphic: GraphicSpec, side: int, start_pmcid: int
 ) -> tuple[Image.Image, bytes, str, dict | None]:
     """(picture, file bytes, extension, duplicate record or None) for one graphic."""
-    if graphic.dup:
-        source_plan = plan_article(seed, graphic.dup_source, start_pmcid)
-        sources = _eligible_sources(source_plan)
-        if sources:
-            source = sources[int(graphic.dup_pick * len(sources))]
-            image, data, ext = _original(seed, source_plan, source, side)
-            record = {
-                "kind": graphic.dup,
-                "copies": f"{source_plan.pmcid}.1/{source.stem}{ext}",
-                "source_pmcid": source_plan.pmcid,
-            }
-            if graphic.dup == "exact":
-                return image, data, ext, record
-            rng = random.Random(f"{seed}:{plan.index}:{graphic.number}:near")
-            if rng.random() < 0.5:
-                quality = rng.choice((60, 70, 95))
-                record["change"] = f"re-encoded at JPEG quality {quality}"
-                data, ext = _encode(image, "jpeg", quality)
-            else:
-                factor = rng.uniform(0.92, 0.97)
-                size = (max(24, round(image.width * factor)), max(24, round(image.height * factor)))
-                image = image.resize(size, Image.Resampling.BILINEAR)
-                record["change"] = f"resized to {size[0]}x{size[1]}"
-                data, ext = _encode(image, "jpeg", 85)
+    source_plan, source = _drawn_from(seed, plan, graphic, start_pmcid)
+    if source is not graphic:
+        image, data, ext = _original(seed, source_plan, source, side)
+        record = {
+            "kind": graphic.dup,
+            "copies": f"{source_plan.pmcid}.1/{source.stem}{ext}",
+            "source_pmcid": source_plan.pmcid,
+        }
+        if graphic.dup == "exact":
             return image, data, ext, record
+        rng = random.Random(f"{seed}:{plan.index}:{graphic.number}:near")
+        if rng.random() < 0.5:
+            quality = rng.choice((60, 70, 95))
+            record["change"] = f"re-encoded at JPEG quality {quality}"
+            data, ext = _encode(image, "jpeg", quality)
+        else:
+            factor = rng.uniform(0.92, 0.97)
+            size = (max(24, round(image.width * factor)), max(24, round(image.height * factor)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+            record["change"] = f"resized to {size[0]}x{size[1]}"
+            data, ext = _encode(image, "jpeg", 85)
+        return image, data, ext, record
     image, data, ext = _original(seed, plan, graphic, side)
     return image, data, ext, None
 
@@ -754,6 +1093,7 @@ def render_graphic(
 
 class _Text:
     def __init__(self, seed: int):
+        self.seed = seed
         self.rng = random.Random(seed)
 
     def pick(self, words):
@@ -809,8 +1149,101 @@ _MATH = (
 )
 
 
-def _caption(text: _Text, fig: FigureSpec) -> str:
-    parts = [f"<title>{text.caption_title()}</title>"]
+# How captions name each kind (filled from the article's vocabulary). Most captions say what
+# their figure shows (KIND_CAPTION_SHARE); the rest stay generic, as many real ones do.
+KIND_CAPTION_SHARE = 0.8
+_KIND_TITLES = {
+    "micrograph": (
+        "Representative H&E-stained sections of the {tissue} in mice with {disease}.",
+        "Confocal immunofluorescence images of {gene} in {cells} treated with {treatment}.",
+        "Immunohistochemical (IHC) staining of {gene} in human {disease} tissue.",
+        "Fluorescence microscopy of {cells} stained for {gene} (green) and DAPI (blue).",
+        "Light micrographs of {tissue} sections from {disease} patients.",
+    ),
+    "blot": (
+        "Western blot analysis of {gene} {noun} in {cells} treated with {treatment}.",
+        "Immunoblot of {gene} and phospho-{gene} in {cells}; GAPDH served as loading control.",
+        "Representative western blots (WB) of {gene} in the {tissue} of mice with {disease}.",
+        "Agarose gel electrophoresis of RT-PCR products for {gene} in {cells}.",
+    ),
+    "plot": (
+        "Bar plot of {gene} {noun} in {cells} (mean ± SD, n = {n}).",
+        "Kaplan-Meier survival curves of patients with {disease} stratified by {gene} "
+        "expression (log-rank p = 0.0{n}).",
+        "ROC curve of {gene} for the diagnosis of {disease} (AUC = 0.{r}).",
+        "Line plot of {gene} {noun} over time in {cells} treated with {treatment}.",
+        "Scatter plot of {gene} versus {gene2} expression in the {tissue} (r = 0.{r}).",
+        "Dose-response curves of {cells} exposed to {treatment}.",
+    ),
+    "heatmap": (
+        "Heatmap of differentially expressed genes in {cells} treated with {treatment}.",
+        "Hierarchical clustering heat map of {gene} target genes in {disease}.",
+        "Heatmap showing z-scored expression of the top {n}0 DEGs (RNA-seq) in the {tissue}.",
+    ),
+    "photograph": (
+        "Clinical photograph of the lesion before treatment with {treatment}.",
+        "Photograph of the lesion on the {tissue} of a patient with {disease}.",
+        "Gross photograph of the resected {tissue} specimen.",
+        "Representative photographs of dorsal skin wounds in mice at day {n}.",
+    ),
+    "scan": (
+        "Axial CT of the chest showing {disease}-related changes (arrow).",
+        "T2-weighted MRI of the brain showing a hyperintense lesion (arrowhead).",
+        "Chest X-ray of a patient with {disease} showing bilateral infiltrates.",
+        "Contrast-enhanced CT (CECT) of the abdomen at diagnosis and after {treatment}.",
+        "Coronal T1-weighted MR images of the {tissue} in patients with {disease}.",
+    ),
+    "diagram": (
+        "Schematic diagram of the proposed mechanism by which {gene} regulates {noun}.",
+        "Proposed {gene} signaling pathway in {cells}.",
+        "Flowchart of the study design and patient selection.",
+        "Schematic illustration of the experimental workflow.",
+    ),
+}
+# A second sentence some kinds' captions carry.
+_KIND_NOTES = {
+    "micrograph": ("Scale bar, {n}0 μm.", "Scale bars: {n}0 μm.", "Magnification, ×{n}00."),
+    "blot": ("Densitometry is shown below the blots.", "β-actin was used as loading control."),
+    "plot": ("Data are mean ± SEM.", "Error bars, SD; *p < 0.05."),
+    "heatmap": ("Rows are genes, columns samples; colour shows the z-score.",),
+    "photograph": ("Arrows mark the lesion margin.",),
+    "scan": ("Arrows indicate the lesion.", "R, right; L, left."),
+    "diagram": ("Arrows indicate activation.", "Created with BioRender."),
+}
+
+
+def _kind_title(seed: str, kind: str) -> str | None:
+    """A caption title naming `kind`, or None for a generic one: drawn from its own
+    generator, so the rest of the article's text is the same whether it speaks or not."""
+    rng = random.Random(seed)
+    if kind not in _KIND_TITLES or rng.random() >= KIND_CAPTION_SHARE:
+        return None
+
+    def pick(words):
+        return words[rng.randrange(len(words))]
+
+    words = {
+        "gene": pick(_GENES),
+        "gene2": pick(_GENES),
+        "noun": pick(_NOUNS),
+        "cells": pick(_CELLS),
+        "tissue": pick(_TISSUES),
+        "disease": pick(_DISEASES),
+        "treatment": pick(_TREATMENTS),
+        "n": rng.randint(2, 9),
+        "r": rng.randint(60, 97),
+    }
+    title = pick(_KIND_TITLES[kind]).format(**words)
+    if rng.random() < 0.6:
+        title += " " + pick(_KIND_NOTES[kind]).format(**words)
+    return escape(title)
+
+
+def _caption(text: _Text, fig: FigureSpec, kind: str | None = None) -> str:
+    title = text.caption_title()
+    if kind is not None:
+        title = _kind_title(f"{text.seed}:{fig.fig_id}:kind", kind) or title
+    parts = [f"<title>{title}</title>"]
     panels = "ABCD"[: text.rng.randint(1, 4)]
     detail = " ".join(f"({p}) {text.sentence()}" for p in panels)
     if fig.mathml:
@@ -825,7 +1258,7 @@ def _caption(text: _Text, fig: FigureSpec) -> str:
     return "<caption>" + "".join(parts) + "</caption>"
 
 
-def _fig_xml(text: _Text, fig: FigureSpec) -> str:
+def _fig_xml(text: _Text, fig: FigureSpec, kinds: dict[int, str]) -> str:
     graphics = []
     for graphic in fig.graphics:
         if graphic.alternatives:
@@ -844,7 +1277,7 @@ def _fig_xml(text: _Text, fig: FigureSpec) -> str:
         )
     return (
         f'<fig id="{fig.fig_id}" position="float"><label>{fig.label}</label>'
-        f"{_caption(text, fig)}{''.join(graphics)}</fig>"
+        f"{_caption(text, fig, kinds.get(fig.graphics[0].number))}{''.join(graphics)}</fig>"
     )
 
 
@@ -852,7 +1285,7 @@ def _xref(rid: str, label: str, kind: str = "fig") -> str:
     return f'<xref ref-type="{kind}" rid="{rid}">{label}</xref>'
 
 
-def _results(text: _Text, plan: ArticlePlan) -> tuple[list[str], list[str]]:
+def _results(text: _Text, plan: ArticlePlan, kinds: dict[int, str]) -> tuple[list[str], list[str]]:
     """(paragraphs citing the figures, float XML) for the Results section."""
     figs = [f for f in plan.figures if f.kind == "fig"]
     n = len(figs)
@@ -874,7 +1307,7 @@ def _results(text: _Text, plan: ArticlePlan) -> tuple[list[str], list[str]]:
     floats = []
     group: list[str] = []
     for fig in plan.figures:
-        xml = _fig_xml(text, fig)
+        xml = _fig_xml(text, fig, kinds)
         if fig.group:
             group.append(xml)
             continue
@@ -933,7 +1366,9 @@ class ArticleText:
     authors: list[tuple[str, str]]
 
 
-def _article_text(plan: ArticlePlan) -> ArticleText:
+def _article_text(plan: ArticlePlan, kinds: dict[int, str] | None = None) -> ArticleText:
+    """The text of an article; a figure's caption names its first graphic's kind (`kinds`,
+    by graphic number) most of the time."""
     text = _Text(plan.text_seed)
     title = text.title()
     abstract = [text.sentences(2, 4) for _ in range(text.rng.randint(1, 3))]
@@ -946,7 +1381,7 @@ def _article_text(plan: ArticlePlan) -> ArticleText:
     sections = []
     for name in _SECTIONS:
         if name == "Results":
-            paragraphs, floats = _results(text, plan)
+            paragraphs, floats = _results(text, plan, kinds or {})
         else:
             paragraphs = [text.sentences(2, 5) for _ in range(text.rng.randint(1, 3))]
             floats = []
@@ -1070,14 +1505,17 @@ def _iso_ms(moment: datetime) -> str:
 def build_article(index: int, output: str, seed: int, image_side: int, start_pmcid: int) -> dict:
     """Write every file of one article; return what the inventory and summary need."""
     plan = plan_article(seed, index, start_pmcid)
-    content = _article_text(plan)
+    kinds = article_kinds(seed, plan)
+    content = _article_text(plan, kinds)
     media: dict[str, bytes] = {}
     stats: Counter = Counter()
     duplicates = []
+    file_kinds: dict[str, str] = {}
     for fig in plan.figures:
         for graphic in fig.graphics:
             image, data, ext, dup = render_graphic(seed, plan, graphic, image_side, start_pmcid)
             media[f"{graphic.stem}{ext}"] = data
+            file_kinds[f"{graphic.stem}{ext}"] = kinds[graphic.number]
             media[f"{graphic.stem}.gif"] = thumbnail_gif(image)
             if graphic.fmt == "gray" and not dup:
                 stats["images_gray_jpeg"] += 1
@@ -1141,6 +1579,12 @@ def build_article(index: int, output: str, seed: int, image_side: int, start_pmc
         "open_access": plan.open_access,
         "features": plan.features,
         "stats": dict(stats),
+        "kinds": dict(Counter(file_kinds.values())),
+        "figure_kinds": {
+            figure_kind_key(plan.pmcid, version, name): kind
+            for version in range(1, plan.versions + 1)
+            for name, kind in file_kinds.items()
+        },
         "thumbnails": candidates,
         "bytes": sum(len(v) for v in media.values()) * plan.versions,
         "duplicates": [
@@ -1149,6 +1593,29 @@ def build_article(index: int, output: str, seed: int, image_side: int, start_pmc
         ],
         "rows": rows,
     }
+
+
+# ---- what the corpus manifest says about figure kinds ----------------------------------------
+
+
+def figure_kind_key(pmcid: str, version: int, file_name: str) -> str:
+    """The key of a graphic file in the manifest's `figure_kinds`: "PMC9000001.1/<file name>"
+    (an extract row's article_accession_id, article_version and image_file_name)."""
+    return f"{pmcid}.{version}/{file_name}"
+
+
+def figure_kinds(manifest: dict) -> dict[str, str]:
+    """{figure_kind_key: kind} of every graphic file of every article version of a corpus,
+    from its manifest (the parsed MANIFEST_NAME JSON); duplicates carry their source's kind."""
+    return dict(manifest.get("figure_kinds", {}))
+
+
+def row_kind(kinds: dict[str, str], row: dict) -> str | None:
+    """The kind of an extract figure row's image (None for a file the corpus did not make)."""
+    key = figure_kind_key(
+        row["article_accession_id"], row["article_version"], row["image_file_name"]
+    )
+    return kinds.get(key)
 
 
 # ---- the inventory and the whole corpus ----------------------------------------------------
@@ -1228,6 +1695,9 @@ def generate_corpus(
         features.update(r["features"])
         licenses[r["license"]] += 1
     duplicates = [d for r in results for d in r["duplicates"]]
+    kinds: Counter = Counter()
+    for r in results:
+        kinds.update(r["kinds"])
     dates = sorted(row["last_modified"] for row in rows)
     summary = {
         "articles": articles,
@@ -1240,6 +1710,7 @@ def generate_corpus(
         },
         "thumbnails": sum(r["thumbnails"] for r in results),
         "inline_graphics": features["inline_graphic"],
+        "graphic_kinds": {k: kinds[k] for k in KINDS if kinds[k]},
         "exact_duplicates": stats["exact_duplicates"],
         "near_duplicates": stats["near_duplicates"],
         "retracted": sum(1 for r in results if r["retracted"]),
@@ -1254,7 +1725,11 @@ def generate_corpus(
         "image_side": image_side,
         "start_pmcid": start_pmcid,
     }
-    sample_manifest = {"summary": summary, "duplicates": duplicates}
+    sample_manifest = {
+        "summary": summary,
+        "duplicates": duplicates,
+        "figure_kinds": dict(sorted(kv for r in results for kv in r["figure_kinds"].items())),
+    }
     storage.write_bytes(
         storage.join(output, MANIFEST_NAME),
         (json.dumps(sample_manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),

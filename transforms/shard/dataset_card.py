@@ -93,6 +93,93 @@ def _bar_figure(counts: list[tuple[str, int]], title: str, horizontal: bool = Fa
     return fig
 
 
+_GROUP_COLORS = ("#3b6ea5", "#e08a3c", "#7a9a5b")  # per license group, in GROUPS order
+
+
+def _stacked_chart(rows: list[tuple[str, list[int]]], series: list[str], title: str) -> bytes:
+    """Horizontal bars, one per row, stacked by series (license groups): PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [label for label, _ in rows][::-1]
+    fig = Figure(figsize=(8, max(3.0, 0.3 * len(rows) + 1.8)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    left = [0] * len(rows)
+    for k, name in enumerate(series):
+        values = [values[k] for _, values in rows][::-1]
+        color = _GROUP_COLORS[GROUPS.index(name) if name in GROUPS else k % len(_GROUP_COLORS)]
+        ax.barh(labels, values, left=left, color=color, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_title(title)
+    ax.set_xlabel("samples")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", metadata={"Software": None})
+    return out.getvalue()
+
+
+NO_LABEL = "(no label)"
+NO_SOURCE = "(none)"
+
+
+def label_section(
+    labels: list[tuple[tuple[str, str, str], int]] | None,
+) -> tuple[list[str], dict[str, bytes]]:
+    """The card's label mix (lines and charts) from ((group, "primary" | "source", value), n)
+    counts: samples per primary label and per label source, per license group; a line
+    saying there are no labels where no sample carries one."""
+    table: dict[str, dict[str, Counter]] = {"primary": {}, "source": {}}
+    for (group, what, value), n in labels or []:
+        table.setdefault(what, {}).setdefault(value, Counter())[group] += n
+    labelled = any(v for v in table["primary"]) or any(v for v in table["source"])
+    lines = ["## Labels", ""]
+    if not labelled:
+        lines += [
+            "No labels: the samples carry no annotations (`image_primary_label`, "
+            "`image_label_source` are empty). `biomedica shard --annotations` fills them.",
+            "",
+        ]
+        return lines, {}
+    groups = [g for g in GROUPS if any(c[g] for part in table.values() for c in part.values())]
+    files = {}
+    for what, name, title, empty, header in (
+        ("primary", "primary_labels", "Samples by primary label", NO_LABEL, "primary label"),
+        ("source", "label_sources", "Samples by label source", NO_SOURCE, "label source"),
+    ):
+        rows = sorted(
+            (
+                (value or empty, [counts[g] for g in groups])
+                for value, counts in table[what].items()
+            ),
+            key=lambda row: (-sum(row[1]), row[0]),
+        )
+        files[f"charts/{name}.png"] = _stacked_chart(rows, groups, title)
+        lines += [
+            f"### {title}",
+            "",
+            f"| {header} | " + " | ".join(groups) + " | all |",
+            "|---|" + "---:|" * (len(groups) + 1),
+            *[
+                f"| {value} | " + " | ".join(f"{n:,}" for n in counts) + f" | {sum(counts):,} |"
+                for value, counts in rows
+            ],
+            "",
+            f"![{title.lower()}](charts/{name}.png)",
+            "",
+        ]
+    lines[2:2] = [
+        "Labels from `biomedica annotate` (cluster labels: expert, caption vote or zero-shot; "
+        "`image_label_source`). A sample counts once under each of its primary labels "
+        "(`image_primary_label`, the global concepts); label sources count samples.",
+        "",
+    ]
+    return lines, files
+
+
 def shard_urls(manifest: dict) -> dict[str, str]:
     """{group: the group's shard files as a webdataset brace pattern}: the runs of
     consecutive indexes, several runs joined by `::` (webdataset reads both)."""
@@ -117,7 +204,12 @@ def shard_urls(manifest: dict) -> dict[str, str]:
     return urls
 
 
-_HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.bool_(): "bool"}
+_HF_DTYPES = {
+    pa.string(): "string",
+    pa.int64(): "int64",
+    pa.float64(): "float64",
+    pa.bool_(): "bool",
+}
 
 
 def _hf_features() -> list[str]:
@@ -145,8 +237,13 @@ def _hf_features() -> list[str]:
     ]
 
 
-def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) -> dict[str, bytes]:
-    """{relative path: bytes} of README.md and its charts, from (group, journal, year) counts."""
+def build_card(
+    manifest: dict,
+    stats: list[tuple[tuple[str, str, str], int]],
+    labels: list[tuple[tuple[str, str, str], int]] | None = None,
+) -> dict[str, bytes]:
+    """{relative path: bytes} of README.md and its charts, from (group, journal, year) counts
+    and the label counts of label_section."""
     by_group: Counter = Counter()
     by_journal: Counter = Counter()
     by_year: Counter = Counter()
@@ -164,6 +261,8 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         ),
         "charts/years.png": _bar_chart(years, "Samples by publication year"),
     }
+    label_lines, label_files = label_section(labels)
+    files.update(label_files)
     totals = manifest["totals"]
     urls = {g: u for g, u in shard_urls(manifest).items() if g in manifest["groups"]}
     configs = "\n".join(
@@ -229,6 +328,7 @@ def build_card(manifest: dict, stats: list[tuple[tuple[str, str, str], int]]) ->
         "",
         "![samples by year](charts/years.png)",
         "",
+        *label_lines,
         "## Loading",
         "",
         "```python",

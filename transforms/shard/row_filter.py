@@ -5,7 +5,8 @@ Python expression syntax, evaluated by walking its syntax tree (never `eval`):
     article_license_group == 'commercial' and article_journal == 'PLoS ONE'
     article_year >= 2020 and 'Neoplasms' in article_mesh_terms
     'CD8' in caption or contains(lower(article_title), 'immun')
-    image_primary_label in ('Microscopy', 'Radiology') and not article_retracted
+    'Microscopy' in image_primary_label and image_panel_type == 'multiple'
+    any_of(image_primary_label, ['Microscopy', 'Radiology']) and not article_retracted
 
 Names are row fields; `in` tests membership in a list field or a substring of a text field;
 functions: lower, upper, len, contains(field, value), startswith(field, prefix), any_of(list

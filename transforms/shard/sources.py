@@ -8,6 +8,7 @@ shard stage plans from the light reads and writes from the full ones.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -15,7 +16,13 @@ import pyarrow.parquet as pq
 
 from transforms import storage
 from transforms.article_files import ARTICLE_ID_COLUMNS, article_id, sibling
-from transforms.records import SHARD_INDEX_SCHEMA, ShardPlacement, arrow_schema
+from transforms.records import (
+    ANNOTATION_FIELDS,
+    ANNOTATION_SCHEMA,
+    SHARD_INDEX_SCHEMA,
+    ShardPlacement,
+    arrow_schema,
+)
 from transforms.shard.row_filter import compile_where
 from transforms.shard.webdataset_tar import read_images
 from transforms.sinks import open_native
@@ -141,16 +148,75 @@ def with_fix(table: pa.Table, rows: list[bool], fix: str) -> pa.Table:
     return table.append_column("fixes", column)
 
 
+# The `fixes` entry of a sample whose key its annotations file lacks (its labels stay empty).
+ANNOTATION_NOT_FOUND = "annotation_not_found"
+ANNOTATIONS_FOLDER = "annotations"
+
+
+def annotations_file(annotations: str, unit: str) -> str:
+    """Where annotate put the annotations of a figure file: ANN/annotations/<its name>."""
+    return storage.join(annotations, ANNOTATIONS_FOLDER, posixpath.basename(unit))
+
+
+def missing_annotation_columns(names) -> list[str]:
+    """The columns of ANNOTATION_SCHEMA a file's column names lack."""
+    return [name for name in ANNOTATION_SCHEMA.names if name not in set(names)]
+
+
+def _key_text(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+class UnitAnnotations:
+    """The annotations of one figure file, read whole (its own file only: a few small
+    columns per sample), looked up by key as the file's batches go by."""
+
+    def __init__(self, uri: str):
+        table = next(_read_parquet(uri, ANNOTATION_SCHEMA.names))
+        missing = missing_annotation_columns(table.column_names)
+        if missing:  # checked before the job: changed since
+            raise ValueError(f"{uri} lacks the annotation columns {', '.join(missing)}")
+        self.values = {
+            name: table.column(name).cast(ANNOTATION_SCHEMA.field(name).type).to_pylist()
+            for name in ANNOTATION_FIELDS
+        }
+        self.row: dict[str, int] = {}
+        for i, key in enumerate(table.column("key").to_pylist()):
+            self.row.setdefault(_key_text(key), i)
+
+    def fill(self, table: pa.Table) -> pa.Table:
+        """`table` with its ANNOTATION_FIELDS set from the annotation of each row's key; a
+        key without one keeps empty labels and gets ANNOTATION_NOT_FOUND in its fixes."""
+        rows = [self.row.get(_key_text(key)) for key in _column(table, "key")]
+        for name in ANNOTATION_FIELDS:
+            field = ANNOTATION_SCHEMA.field(name)
+            values = self.values[name]
+            empty = [] if pa.types.is_list(field.type) else None
+            column = pa.array([empty if r is None else values[r] for r in rows], field.type)
+            if name in table.column_names:
+                table = table.set_column(table.schema.get_field_index(name), name, column)
+            else:
+                table = table.append_column(name, column)
+        return with_fix(table, [r is None for r in rows], ANNOTATION_NOT_FOUND)
+
+
 class ParquetSource:
     """Figure Parquet files (extract's output): a unit is a file's URI. The article text,
     held once per article, comes from the articles file of the same name beside the figures
     folder; a figure file that carries the column keeps its own. An article that file lacks
     gets an empty text and a `fixes` entry (TEXT_NOT_FOUND), counted by the shard stage.
     No articles file: an error (the unit's rows are dead-lettered) unless `article_text`
-    is False (--without_article_text), when every text is empty, as asked."""
+    is False (--without_article_text), when every text is empty, as asked.
 
-    def __init__(self, article_text: bool = True):
+    With `annotations` (annotate's output folder), each sample's labels come from the
+    annotations file of its figure file's name (annotations_file), matched by key; a key
+    that file lacks keeps empty labels and a `fixes` entry (ANNOTATION_NOT_FOUND)."""
+
+    def __init__(self, article_text: bool = True, annotations: str | None = None):
         self.article_text = article_text
+        self.annotations = annotations
 
     def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
         return next(_read_parquet(unit, LIGHT_COLUMNS)), []
@@ -158,17 +224,21 @@ class ParquetSource:
     def full(self, unit: str) -> Iterator[pa.Table]:
         articles = sibling(unit)
         texts = ArticleTexts(articles) if storage.exists(articles) else None
+        labels = None
+        if self.annotations:
+            labels = UnitAnnotations(annotations_file(self.annotations, unit))
         for table in _read_parquet(unit, batch_rows=BATCH_ROWS):
             if TEXT in table.column_names:
-                yield table
+                pass
             elif texts is not None:
                 column, found = texts.lookup(table)
                 table = table.append_column(TEXT, column)
-                yield with_fix(table, [not f for f in found], TEXT_NOT_FOUND)
+                table = with_fix(table, [not f for f in found], TEXT_NOT_FOUND)
             elif not self.article_text:
-                yield table.append_column(TEXT, text_column([""] * table.num_rows))
+                table = table.append_column(TEXT, text_column([""] * table.num_rows))
             else:  # checked before the job: gone since
                 raise FileNotFoundError(f"{articles} (the article texts of {unit}) is missing")
+            yield table if labels is None else labels.fill(table)
 
 
 # A dataset's index columns that say where a sample lay; `fixes` travels on with the sample.

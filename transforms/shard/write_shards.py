@@ -46,7 +46,13 @@ from transforms.shard.samples import (
     check_text,
     sample_json_parts,
 )
-from transforms.shard.sources import TEXT, TEXT_NOT_FOUND, TEXT_TYPE, text_column
+from transforms.shard.sources import (
+    ANNOTATION_NOT_FOUND,
+    TEXT,
+    TEXT_NOT_FOUND,
+    TEXT_TYPE,
+    text_column,
+)
 from transforms.shard.webdataset_tar import sample_parts
 from transforms.shard.writer import TarStream
 from transforms.sinks import open_native
@@ -59,7 +65,10 @@ WORK_DIR = "_work"  # shard pieces of a run in progress
 COUNTS = "counts"  # (count name, n) pairs for the run report
 # Samples written with an empty article_text: their articles file lacked the article.
 TEXT_MISSING = "samples_without_article_text"
+# Samples written with empty labels: their annotations file lacked their key.
+LABELS_MISSING = "samples_without_annotation"
 STATS = "stats"  # ((group, journal, year), n) for the dataset card
+LABELS = "labels"  # ((group, "primary" | "source", value), n) for the dataset card
 RECORDS = "records"  # ShardRecords of shards written whole by one unit
 CANDIDATES = "candidates"  # (key bucket, [Candidate]) for the duplicate search
 
@@ -324,9 +333,10 @@ class _WriteUnit(beam.DoFn):
             groups.append(group)
         if not kept:
             return
-        missing = sum(TEXT_NOT_FOUND in made for made in fixes)
-        if missing:
-            yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.{TEXT_MISSING}", missing))
+        for fix, count in ((TEXT_NOT_FOUND, TEXT_MISSING), (ANNOTATION_NOT_FOUND, LABELS_MISSING)):
+            missing = sum(fix in made for made in fixes)
+            if missing:
+                yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.{count}", missing))
         meta = table.drop_columns(["image"]).take(pa.array(kept, pa.int64()))
         for name, values in (("key", keys), ("caption", captions), ("fixes", fixes)):
             meta = meta.set_column(
@@ -397,7 +407,21 @@ class _WriteUnit(beam.DoFn):
         state.settled.update(rows)
         for (journal, year), n in stats.items():
             yield beam.pvalue.TaggedOutput(STATS, ((group, journal or "", str(year or "")), n))
+        for (what, value), n in label_counts(index).items():
+            yield beam.pvalue.TaggedOutput(LABELS, ((group, what, value), n))
         yield from closed
+
+
+def label_counts(index: pa.Table) -> Counter:
+    """Label counts of a shard's rows for the card: ("source", label source) per sample,
+    and ("primary", label) per primary label of a sample ("" where it has none)."""
+    counts: Counter = Counter()
+    sources = _column(index, "image_label_source")
+    for source, labels in zip(sources, _column(index, "image_primary_label"), strict=True):
+        counts[("source", source or "")] += 1
+        for label in labels or [""]:
+            counts[("primary", label or "")] += 1
+    return counts
 
 
 # ---- 3. join the pieces of each shard that straddles units -----------------------------------
@@ -425,7 +449,8 @@ class _JoinPieces(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Units of a source in; ShardRecords, card stats, counts and dead letters out."""
+    """Units of a source in; ShardRecords, card stats (journals and years, labels), counts
+    and dead letters out."""
 
     output: str
     source: object  # a shard_sources reader: light(unit) and full(unit)
@@ -492,7 +517,7 @@ class WriteShards(beam.PTransform):
         written = units | "Write" >> beam.ParDo(
             _WriteUnit(self.source, per_shard, self.max_caption_chars, work, self.output),
             plan=beam.pvalue.AsSingleton(plan),
-        ).with_outputs(DEAD, STATS, RECORDS, COUNTS, main="pieces")
+        ).with_outputs(DEAD, STATS, LABELS, RECORDS, COUNTS, main="pieces")
         joined = (
             written.pieces
             | "GroupPieces" >> beam.GroupByKey()
@@ -504,6 +529,7 @@ class WriteShards(beam.PTransform):
         return {
             "records": (written[RECORDS], joined) | "AllShards" >> beam.Flatten(),
             STATS: written[STATS],
+            LABELS: written[LABELS],
             COUNTS: (placed[COUNTS], written[COUNTS]) | "ShardCounts" >> beam.Flatten(),
             DEAD: (placed[DEAD], duplicate_dead, written[DEAD]) | "ShardDead" >> beam.Flatten(),
         }

@@ -72,6 +72,29 @@ class SubsetOptions(PipelineOptions):
         )
 
 
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("embed")
+        group.add_argument(
+            "--model",
+            default="pixels",
+            help="pixels (weight-free descriptor), open_clip:<arch> or timm:<name>",
+        )
+        group.add_argument(
+            "--weights",
+            help="open_clip/timm weights: a checkpoint path or gs:// / s3:// URI, "
+            "hf-hub:<org/name>, or none (random: for tests only)",
+        )
+        group.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+        group.add_argument(
+            "--device",
+            default="auto",
+            choices=("auto", "cpu", "cuda"),
+            help="auto: a GPU (float16) where torch sees one, else the CPU (float32)",
+        )
+
+
 class AllowEmpty:
     """shard and subset take extract's --allow_empty (a Beam flag may be defined once: it is
     Discover's, read as options.view_as(ExtractOptions).allow_empty)."""
@@ -92,6 +115,7 @@ OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
+    "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty),
 }
 
 

@@ -72,7 +72,8 @@ def _unit(block: np.ndarray) -> np.ndarray:
 
 def _binned(index: np.ndarray, bins: int, weights=None, size: int | None = None) -> np.ndarray:
     """Histogram of precomputed bin indices, as a fraction of `size` (default: all)."""
-    counts = np.bincount(index.ravel(), weights=None if weights is None else weights.ravel(), minlength=bins)
+    weights = None if weights is None else weights.ravel()
+    counts = np.bincount(index.ravel(), weights=weights, minlength=bins)
     return counts[:bins] / float(size or index.size)
 
 
@@ -190,7 +191,10 @@ def describe_array(rgb: np.ndarray, fine: np.ndarray) -> np.ndarray:
         "strokes": _strokes(gx, gy),
         "texture": texture,
         "coarse_edges": np.concatenate(
-            [_magnitude_hist(coarse_magnitude), _orientation(coarse_magnitude, coarse_gx, coarse_gy)]
+            [
+                _magnitude_hist(coarse_magnitude),
+                _orientation(coarse_magnitude, coarse_gx, coarse_gy),
+            ]
         ),
     }
     vector = np.concatenate(

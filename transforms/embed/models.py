@@ -358,7 +358,9 @@ def _load_timm(spec, weights, device, checkpoint) -> tuple:
     else:
         if spec.name not in timm.list_models():
             raise ValueError(f"timm has no model {spec.name!r} (timm.list_models())")
-        model = timm.create_model(spec.name, pretrained=False, checkpoint_path=checkpoint or "")
+        model = timm.create_model(spec.name, pretrained=False)
+        if checkpoint:
+            _load_timm_checkpoint(model, checkpoint)
     model.reset_classifier(0)  # pooled features: the embedding
     model.eval()
     if device == "cuda":
@@ -368,6 +370,19 @@ def _load_timm(spec, weights, device, checkpoint) -> tuple:
     transform = create_transform(**config, is_training=False)
     side = max(config["input_size"][1:])
     return model, transform, None, int(side), int(model.num_features)
+
+
+def _load_timm_checkpoint(model, path: str) -> None:
+    """A state dict with or without the classifier (a feature extractor's has none): every
+    other weight must be there (strict), the classifier is dropped either way."""
+    from timm.models import load_state_dict
+
+    state = load_state_dict(path)
+    head = model.pretrained_cfg.get("classifier") or ""
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads if h)}
+    model.reset_classifier(0)
+    model.load_state_dict(state, strict=True)
 
 
 def load_embedder(

@@ -221,8 +221,7 @@ def test_pixels_reads_real_pmc_figures(pmc_dir):
     vectors = np.stack([pixels.describe(p.read_bytes()) for p in found])
     assert np.all(np.isfinite(vectors))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    # A figure and its own gif thumbnail are the same picture: nearer each other than to
-    # the average other figure.
+    # Different figures, different vectors (a few files are copies of one image).
     assert len({v.tobytes() for v in vectors}) > len(found) // 2
 
 
@@ -605,6 +604,35 @@ def test_pipeline_inference_failure_dead_letters_only_that_figure(sample_extract
     assert report["balanced"] and report["stages"]["embed"]["out"] == 4
     reasons = {d["key"]: d["reason"] for d in read_dead_letters(out)}
     assert reasons == {keys[1]: "inference_failed", keys[4]: "embedding_not_finite"}
+
+
+def _failing_handler():
+    """A handler whose whole batch raises past the per-example retry: RunInference's own
+    exception net catches it."""
+    from transforms.embed.handlers import EmbedHandler
+
+    class Failing(EmbedHandler):
+        def run_inference(self, batch, model, inference_args=None):
+            raise MemoryError("out of memory in the forward pass")
+
+    return Failing("pixels", None, batch_size=2)
+
+
+def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tmp_path):
+    figures = sorted((sample_extract / "extract" / "figures").glob("*.parquet"))
+    folder = tmp_path / "in" / "extract" / "figures"
+    folder.mkdir(parents=True)
+    table = pq.read_table(figures[0]).slice(0, 3)
+    pq.write_table(table, folder / figures[0].name)
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--allow_empty"]
+    report = _run_embed(argv, _failing_handler())
+    assert report["balanced"] and report["stages"]["embed"]["out"] == 0
+    dead = read_dead_letters(out)
+    assert sorted(d["key"] for d in dead) == sorted(table.column("key").to_pylist())
+    assert {d["reason"] for d in dead} == {"inference_failed"}
+    assert all("out of memory" in d["detail"] for d in dead)
+    assert pq.read_table(out / "embeddings" / figures[0].name).num_rows == 0
 
 
 def test_pipeline_open_clip_writes_caption_embeddings_and_flags_random(sample_extract, tmp_path):

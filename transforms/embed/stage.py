@@ -72,7 +72,8 @@ def _failed_batch(failure):
             (uri, row, key), _ = item
         except (TypeError, ValueError):
             uri, row, key = "", 0, ""
-        yield dead(STAGE, key or f"{uri}#{row}", INFERENCE_FAILED, f"row {row}: {text}", uri)
+        letter = dead(STAGE, key or f"{uri}#{row}", INFERENCE_FAILED, f"row {row}: {text}", uri)
+        yield letter.value  # the record itself: this step has no other output
 
 
 class _WriteEmbeddings(beam.DoFn):
@@ -92,11 +93,21 @@ class _WriteEmbeddings(beam.DoFn):
         yield len(rows)
 
 
-def _describe(_, handler: EmbedHandler) -> dict:
-    """The model's dim and text tower: loaded once more, on the CPU (a worker's GPU copy
-    belongs to RunInference), so that even a run with nothing to embed can name them."""
-    from transforms.embed.models import load_embedder
+def _shape(result) -> list[tuple[int, bool]]:
+    _, embedded = result
+    return [(len(embedded.image), embedded.caption is not None)] if embedded.ok else []
 
+
+def _describe(shapes: list, handler: EmbedHandler) -> dict:
+    """The model's id, dim and text tower, as the embeddings show them; a run that
+    embedded nothing loads the model once more, on the CPU, to name them."""
+    from transforms.embed.models import load_embedder, parse_model, parse_weights
+
+    spec = parse_model(handler.model)
+    if shapes:
+        dim, caption = min(shapes)
+        random = spec.backend != "pixels" and parse_weights(spec, handler.weights).random
+        return {"model_id": spec.model_id, "dim": dim, "caption": caption, "random_weights": random}
     load = handler.loader or load_embedder
     return load(handler.model, handler.weights, "cpu", 1, handler.s3).describe()
 
@@ -141,8 +152,10 @@ class EmbedFigures(beam.PTransform):
             typing.Any
         ).with_outputs(DEAD, main="vectors")
         info = beam.pvalue.AsSingleton(
-            uris.pipeline
-            | "One" >> beam.Create([None])
+            results
+            | "Shapes" >> beam.FlatMap(_shape)
+            | "Distinct" >> beam.Distinct()
+            | "AllShapes" >> beam.combiners.ToList()
             | "Describe" >> beam.Map(_describe, handler=self.handler)
         )
         written = (

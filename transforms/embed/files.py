@@ -19,12 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms import storage
-from transforms.records import (
-    CAPTION_EMBEDDING,
-    EMBEDDING_MODEL,
-    IMAGE_EMBEDDING,
-    embedding_schema,
-)
+from transforms.records import embedding_schema
 from transforms.sinks import open_native, parquet_options
 
 COLUMNS = ("key", "image", "caption")
@@ -161,14 +156,3 @@ def model_record(
 
 def model_json(record: dict) -> bytes:
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-
-
-__all__ = [
-    "CAPTION_EMBEDDING",
-    "EMBEDDING_MODEL",
-    "IMAGE_EMBEDDING",
-    "FigureRow",
-    "Unreadable",
-    "embeddings_table",
-    "read_rows",
-]

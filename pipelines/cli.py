@@ -15,6 +15,10 @@ PIPELINES = {
         "PMC source -> figure samples (Parquet), dead letters, report",
     ),
     "shard": ("pipelines.shard", "extract output -> WebDataset shards + Parquet per license group"),
+    "embed": (
+        "pipelines.embed",
+        "extract output -> image (and caption) embeddings per figure file",
+    ),
     "subset": ("pipelines.subset", "a dataset -> a new dataset of the samples matching --where"),
     "annotate": (
         "pipelines.annotate",

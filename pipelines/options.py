@@ -35,7 +35,9 @@ class InputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("input")
-        group.add_argument("--input", help="an extract output (shard, embed, annotate) or a dataset (subset)")
+        group.add_argument(
+            "--input", help="an extract output (shard, embed, annotate) or a dataset (subset)"
+        )
 
 
 class ExtractOptions(PipelineOptions):
@@ -76,6 +78,29 @@ class SubsetOptions(PipelineOptions):
         group = parser.add_argument_group("subset")
         group.add_argument(
             "--where", help="filter over the dataset's Parquet fields (see the README)"
+        )
+
+
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("embed")
+        group.add_argument(
+            "--model",
+            default="pixels",
+            help="pixels (weight-free descriptor), open_clip:<arch> or timm:<name>",
+        )
+        group.add_argument(
+            "--weights",
+            help="open_clip/timm weights: a checkpoint path or gs:// / s3:// URI, "
+            "hf-hub:<org/name>, or none (random: for tests only)",
+        )
+        group.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+        group.add_argument(
+            "--device",
+            default="auto",
+            choices=("auto", "cpu", "cuda"),
+            help="auto: a GPU (float16) where torch sees one, else the CPU (float32)",
         )
 
 
@@ -136,6 +161,7 @@ OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
+    "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty),
     "annotate": (InputOptions, AnnotateOptions, RunOptions),
 }
 

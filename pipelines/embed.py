@@ -1,0 +1,167 @@
+"""`biomedica embed`: image (and caption) embeddings of every figure of an extract output.
+
+    biomedica embed --input out/run --output out/emb [--model open_clip:ViT-B-32 --weights W]
+
+Writes under --output: embeddings/<figure file name> (one Parquet file per figure file, its
+rows in the figure file's order: key, model, image_embedding, caption_embedding for models
+with a text tower), embed_model.json, dead_letter/*.jsonl and run_report.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options, SetupOptions
+
+from pipelines import options as flags
+from pipelines.flags import UsageError
+from pipelines.options import EmbedOptions, ExtractOptions, InputOptions, RunOptions
+from pipelines.runner import (
+    REPORT,
+    main_of,
+    make_pipeline,
+    output_lock,
+    prepare_output,
+    progress,
+    refuse_overlap,
+    run_and_report,
+)
+from pipelines.shard import figure_files, nothing_selected
+from transforms import report, run_lock, storage
+from transforms.embed import files, models
+from transforms.outcomes import DEAD
+from transforms.sinks import WriteDeadLetters
+
+STAGE = "embed"
+OUTPUT_PARTS = [files.EMBEDDINGS_DIR, "dead_letter", files.MODEL_FILE]
+EMBED_STAGES = {STAGE: ("out", "dead_letter")}
+
+
+def figure_inputs(source: str, allow_empty: bool) -> list[str]:
+    """The figure files to embed, sorted. None is an error (an extract that found nothing
+    new writes none) unless --allow_empty; two with one name would write one file."""
+    pattern = figure_files(source)
+    uris = sorted(f.uri for f in storage.glob(pattern))
+    if not uris and not allow_empty:
+        raise SystemExit(
+            f"no figure files at {pattern}: the input holds no figure sample (an extract that "
+            "found nothing new writes none); pass --allow_empty to write an empty output"
+        )
+    seen: dict[str, str] = {}
+    for uri in uris:
+        name = files.embeddings_name(uri)
+        if name in seen:
+            raise UsageError(
+                f"--input {source}: {seen[name]} and {uri} have one name; their embeddings "
+                "files would collide (embed one folder at a time)"
+            )
+        seen[name] = uri
+    return uris
+
+
+def handler_of(options: PipelineOptions):
+    """The model handler --model/--weights/--device/--batch_size name; flag problems are
+    UsageErrors (one line, before any work)."""
+    embed = options.view_as(EmbedOptions)
+    if embed.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, not {embed.batch_size}")
+    s3 = storage.S3Config(endpoint_url=options.view_as(S3Options).s3_endpoint_url or None)
+    try:
+        spec = models.parse_model(embed.model)
+        weights = models.parse_weights(spec, embed.weights)
+        models.check_weights(weights, s3)
+        models.check_architecture(spec, weights)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if weights.random:
+        if spec.backend != "pixels":
+            logging.warning(
+                "--weights none: %s runs with random weights; embed_model.json and the run "
+                "report say random_weights: true",
+                spec.given,
+            )
+    # Imported here: Beam's RunInference imports torch (seconds), which --help and flag
+    # errors do without.
+    from transforms.embed.handlers import EmbedHandler
+
+    return EmbedHandler(embed.model, weights.given, embed.device, embed.batch_size, s3)
+
+
+def build(
+    p: beam.Pipeline,
+    uris: list[str],
+    source: str,
+    output: str,
+    handler,
+    guard: run_lock.Guard | None = None,
+) -> None:
+    """Wire the stage, its dead letters and the run report (`handler`: an EmbedHandler)."""
+    from transforms.embed.stage import EmbedFigures
+
+    random = handler.weights == "none" and handler.model != "pixels"
+    stage = (
+        p
+        | "FigureFiles" >> beam.Create(uris)
+        | "EmbedStage" >> EmbedFigures(output, handler, source, guard)
+    )
+    stage[DEAD] | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"), guard=guard)
+    counts = (
+        stage["in"] | "In" >> beam.Map(lambda n: (f"{STAGE}.in", n)),
+        stage["written"] | "Out" >> beam.Map(lambda n: (f"{STAGE}.out", n)),
+        stage["written"] | "FilesOut" >> beam.Map(lambda _: (f"{STAGE}.files_written", 1)),
+        stage[DEAD] | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
+    )
+    header = {
+        "pipeline": "embed",
+        "input": source,
+        "output": output,
+        "parameters": {
+            "model": handler.model,
+            "weights": handler.weights,
+            "random_weights": random,
+            "batch_size": handler.batch_size,
+            "device": handler.device,
+            "figure_files": len(uris),
+        },
+    }
+    (
+        counts
+        | "AllCounts" >> beam.Flatten()
+        | "RunReport" >> report.WriteRunReport(storage.join(output, REPORT), EMBED_STAGES, header)
+    )
+
+
+def run(argv=None, test_pipeline=None, handler=None) -> dict:
+    """Run the embed pipeline; returns the run report (also printed). `handler` (tests)
+    replaces the one the flags name."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags.parse("embed", argv, __doc__)
+    options = PipelineOptions(argv)
+    opts = options.view_as(RunOptions)
+    source = options.view_as(InputOptions).input
+    if not source or not opts.output:
+        raise UsageError("--input and --output are required")
+    refuse_overlap(opts.output, input=source)
+    options.view_as(SetupOptions).save_main_session = False
+    handler = handler or handler_of(options)
+    uris = figure_inputs(source, options.view_as(ExtractOptions).allow_empty)
+    p = make_pipeline(options, test_pipeline)
+    run_id = run_lock.new_run_id()
+    guard = run_lock.Guard(opts.output, run_id)
+    build(p, uris, source, opts.output, handler, guard)
+    with output_lock(opts.output, run_id) as lock:
+        prepare_output(opts.output, REPORT, opts.overwrite, OUTPUT_PARTS)
+        shown = progress(opts.log_level, "embed", ["figures"])
+        result = run_and_report(p, opts.output, time.time(), [], lock, shown)
+    allow_empty = options.view_as(ExtractOptions).allow_empty
+    return nothing_selected(result, STAGE, "no figure was embedded", allow_empty)
+
+
+main = main_of(run, "embed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

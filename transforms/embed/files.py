@@ -1,0 +1,158 @@
+"""Figure files in, embeddings files out: the embed stage's file handling, Beam-free.
+
+A figure file (extract/figures/part-*.parquet) is read a row group at a time, only the
+columns the models need (key, image, caption). Its embeddings file has the same name, its
+rows in the figure file's row order (less the dead-lettered ones), schema
+`transforms.records.embedding_schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms import storage
+from transforms.records import embedding_schema
+from transforms.sinks import open_native, parquet_options
+
+COLUMNS = ("key", "image", "caption")
+EMBEDDINGS_DIR = "embeddings"
+MODEL_FILE = "embed_model.json"
+READ_TRIES = 3  # a read that fails this often counts as damage, not as a glitch
+
+
+@dataclass(frozen=True)
+class FigureRow:
+    file: str  # the figure file's URI
+    index: int  # the row's position in it
+    key: str
+    image: bytes | None
+    caption: str | None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Part of a figure file that could not be read (the whole file: row_group None)."""
+
+    file: str
+    detail: str
+    row_group: int | None = None
+
+
+def embeddings_name(figure_file: str) -> str:
+    return posixpath.basename(figure_file.rstrip("/"))
+
+
+def _tried(action, tries: int = READ_TRIES, pause: float = 0.2):
+    for attempt in range(tries):
+        try:
+            return action()
+        except (OSError, ValueError, pa.ArrowException):
+            if attempt == tries - 1:
+                raise
+            time.sleep(pause * (attempt + 1))
+    return None
+
+
+def read_rows(uri: str) -> Iterator[FigureRow | Unreadable]:
+    """Rows of a figure file in order, a row group at a time; what cannot be read (after
+    READ_TRIES attempts) comes as an Unreadable in its place. A file that does not open
+    yields only one Unreadable (and no row)."""
+    try:
+        source = _tried(lambda: open_native(uri))
+        reader = _tried(lambda: pq.ParquetFile(source))
+    except Exception as err:
+        yield Unreadable(uri, f"{type(err).__name__}: {err}")
+        return
+    try:
+        names = set(reader.schema_arrow.names)
+        if "key" not in names or "image" not in names:
+            yield Unreadable(uri, "not a figure file: it has no key or image column")
+            return
+        columns = [c for c in COLUMNS if c in names]
+        start = 0
+        for group in range(reader.num_row_groups):
+            rows = reader.metadata.row_group(group).num_rows
+            try:
+                table = _tried(lambda g=group: reader.read_row_group(g, columns=columns))
+            except Exception as err:
+                last = start + rows - 1
+                detail = f"row group {group} (rows {start}-{last}): {type(err).__name__}: {err}"
+                yield Unreadable(uri, detail, group)
+                start += rows
+                continue
+            data = table.to_pydict()
+            captions = data.get("caption") or [None] * table.num_rows
+            for i in range(table.num_rows):
+                yield FigureRow(uri, start + i, data["key"][i], data["image"][i], captions[i])
+            start += rows
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def embeddings_table(
+    rows: list[tuple[int, str, np.ndarray, np.ndarray | None]],
+    model_id: str,
+    dim: int,
+    caption: bool,
+) -> pa.Table:
+    """(row index, key, image vector, caption vector) rows, in row-index order."""
+    rows = sorted(rows, key=lambda r: r[0])
+    schema = embedding_schema(dim, caption)
+    vector = pa.list_(pa.float32(), dim)
+
+    def column(vectors) -> pa.Array:
+        flat = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros(0, np.float32)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim).cast(vector)
+
+    arrays = [
+        pa.array([r[1] for r in rows], pa.string()),
+        pa.array([model_id] * len(rows), pa.string()),
+        column([r[2] for r in rows]),
+    ]
+    if caption:
+        arrays.append(column([r[3] for r in rows]))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_table(table: pa.Table, directory: str, name: str, commit) -> None:
+    """Write aside, then `commit(aside, final)` moves it into place (sinks._commit)."""
+    if "://" not in directory:
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+    from apache_beam.io.filesystems import FileSystems
+
+    aside = storage.join(directory, f"_{name}.inprogress")
+    with FileSystems.create(aside, compression_type="uncompressed") as sink:
+        pq.write_table(table, sink, **parquet_options(table.schema))
+    commit(aside, storage.join(directory, name))
+
+
+def model_record(
+    model: str, weights: str, info: dict, source: str, extra: dict | None = None
+) -> dict:
+    """The content of embed_model.json (see the formats brief)."""
+    return {
+        "version": 1,
+        "model": model,
+        "model_id": info["model_id"],
+        "weights": weights,
+        "random_weights": bool(info["random_weights"]),
+        "dim": int(info["dim"]),
+        "caption": bool(info["caption"]),
+        "input": source,
+        **(extra or {}),
+    }
+
+
+def model_json(record: dict) -> bytes:
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()

@@ -14,12 +14,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job on the embedded default: a generated sample corpus in the PMC Cloud layout,
-# extracted, then sharded into a dataset.
+# extracted, embedded (pixels: no weights), clustered and labelled, then sharded into a
+# dataset that carries the labels.
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)
 	$(PY) -m pipelines.extract --source data/sample --output out/demo --overwrite
-	$(PY) -m pipelines.shard --input out/demo --output out/demo-dataset --overwrite --samples_per_shard 100
+	$(PY) -m pipelines.embed --input out/demo --output out/demo-embed --overwrite
+	$(PY) -m pipelines.annotate --input out/demo --embeddings out/demo-embed \
+	  --output out/demo-annotate --overwrite --clusters 40
+	$(PY) -m pipelines.shard --input out/demo --annotations out/demo-annotate \
+	  --output out/demo-dataset --overwrite --samples_per_shard 100
+	@echo
+	@echo "dataset:  out/demo-dataset/webdataset (shards), out/demo-dataset/parquet (index)"
+	@echo "card:     out/demo-dataset/README.md"
+	@echo "gallery:  out/demo-annotate/gallery/index.html (open it in a browser to label clusters)"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

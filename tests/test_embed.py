@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import PMC, REPO, gcs_emulator, read_dead_letters, run_extract
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from transforms.embed import models, pixels
 from transforms.pmc import sample_corpus as sc
@@ -92,93 +92,15 @@ def test_without_the_shim_torchvision_does_not_import():
 # ---- pixels-v1 -----------------------------------------------------------------------------
 
 
-def _field(rng, w, h, cells):
-    return sc._smooth_field(rng, w, h, cells)
-
-
-def _photograph(rng, w, h):
-    """Stand-in: natural colour texture at several scales, blurred objects, sensor noise."""
-    base = np.zeros((h, w, 3), np.float32)
-    for c in range(3):
-        base[..., c] = sum(
-            _field(rng, w, h, cells) * amp for cells, amp in ((2, 0.6), (6, 0.25), (20, 0.12))
-        )
-    base = base * (rng.random(3) * 0.6 + 0.4) * 255 / base.max()
-    image = Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 6))):
-        cx, cy, r = rng.random() * w, rng.random() * h, (0.05 + rng.random() * 0.2) * w
-        colour = tuple(int(v) for v in rng.integers(30, 230, 3))
-        draw.ellipse([cx - r, cy - r * (0.5 + rng.random()), cx + r, cy + r], fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(1 + rng.random() * 2))
-    noisy = np.asarray(image, np.float32) + rng.normal(0, 5, (h, w, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-
-
-def _scan(rng, w, h):
-    """Stand-in radiology slice: grey body and organs on black, blurred, grainy."""
-    image = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(image)
-    cx, cy = w / 2, h / 2
-    rx, ry = w * (0.3 + 0.12 * rng.random()), h * (0.3 + 0.12 * rng.random())
-    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=int(rng.integers(90, 140)))
-    for _ in range(int(rng.integers(3, 10))):
-        ox, oy = cx + rng.normal(0, rx * 0.4), cy + rng.normal(0, ry * 0.4)
-        r = rx * (0.08 + 0.25 * rng.random())
-        draw.ellipse(
-            [ox - r, oy - r * (0.6 + rng.random()), ox + r, oy + r],
-            fill=int(rng.integers(20, 250)),
-        )
-    image = image.filter(ImageFilter.GaussianBlur(2 + rng.random() * 3))
-    array = np.asarray(image, np.float32) * (0.7 + 0.5 * _field(rng, w, h, 5))
-    array += rng.normal(0, 7, (h, w))
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
-
-
-def _diagram(rng, w, h):
-    """Stand-in schematic: outlined pastel boxes with labels, joined by arrows, on white."""
-    image = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    centres = []
-    for _ in range(int(rng.integers(3, 9))):
-        bw, bh = w * (0.12 + 0.12 * rng.random()), h * (0.08 + 0.1 * rng.random())
-        x, y = rng.random() * (w - bw), rng.random() * (h - bh)
-        fill = tuple(int(v) for v in 200 + rng.integers(0, 56, 3))
-        draw.rounded_rectangle(
-            [x, y, x + bw, y + bh],
-            radius=int(min(bw, bh) * 0.2),
-            fill=fill,
-            outline=(0, 0, 0),
-            width=max(2, w // 300),
-        )
-        draw.text((x + bw * 0.1, y + bh * 0.3), "gene X", fill=(0, 0, 0), font=sc._font(12))
-        centres.append((x + bw / 2, y + bh / 2))
-    for a, b in zip(centres, centres[1:], strict=False):
-        draw.line([a, b], fill=(0, 0, 0), width=max(2, w // 300))
-        draw.polygon([(b[0] - 6, b[1] - 6), (b[0] + 6, b[1] - 6), (b[0], b[1] + 6)], fill=0)
-    return image
-
-
-KINDS = {
-    "micrograph": sc._microscopy,
-    "bar plot": sc._bars,
-    "line plot": sc._lines,
-    "heatmap": sc._heatmap,
-    "blot": sc._blot,
-    "photograph": _photograph,
-    "scan": _scan,
-    "diagram": _diagram,
-}
-
-
 def _kind_corpus(per_kind: int, seed: int) -> list[tuple[str, bytes]]:
+    """(kind, JPEG) pairs: per_kind images of each kind the sample generator draws."""
     images = []
-    for k, (kind, draw) in enumerate(KINDS.items()):
+    for k, kind in enumerate(sc.KINDS):
         for i in range(per_kind):
             rng = np.random.default_rng([seed, k, i])
             w = int(rng.integers(300, 640))
             h = max(64, int(w * (0.6 + 0.5 * rng.random())))
-            images.append((kind, _jpeg(draw(rng, w, h))))
+            images.append((kind, _jpeg(sc.paint(kind, rng, w, h))))
     return images
 
 
@@ -202,7 +124,7 @@ def test_pixels_separates_figure_kinds():
 
     images = _kind_corpus(24, seed=3)
     vectors = np.stack([pixels.describe(data) for _, data in images])
-    kinds = list(KINDS)
+    kinds = list(sc.KINDS)
     truth = np.array([kinds.index(kind) for kind, _ in images])
     similarity = vectors @ vectors.T
     np.fill_diagonal(similarity, -2)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import read_dead_letters, read_table, run_extract
 
 from pipelines import annotate, embed, shard, subset
-from tests.conftest import read_dead_letters, read_table, run_extract
 from transforms.annotate.thumbnails import thumbnail_path
 from transforms.pmc.sample_corpus import MANIFEST_NAME, figure_kinds, generate_corpus, row_kind
 

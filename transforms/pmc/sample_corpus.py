@@ -897,6 +897,11 @@ KINDS = tuple(_PAINTERS)
 FLAT_KINDS = ("plot", "diagram", "heatmap")
 
 
+def paint(kind: str, rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """One panel of `kind` (one of KINDS), w x h pixels, drawn from `rng`."""
+    return _PAINTERS[kind][0](rng, w, h)
+
+
 def drawn_kind(seed: int, index: int, number: int, flat: bool) -> str:
     """The kind render_image draws for graphic `number` of article `index`: a pure function,
     drawn from the mix of KINDS (FLAT_KINDS where the file is a PNG or TIFF)."""

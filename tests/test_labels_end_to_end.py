@@ -196,3 +196,34 @@ def test_shards_carry_the_labels_and_subset_selects_on_them(labelled):
 
 def read_table_tree(directory: Path) -> list[dict]:
     return [row for group in sorted(directory.iterdir()) for row in read_table(group)]
+
+
+def test_zero_shot_runs_with_a_text_tower_loaded_from_a_checkpoint(tmp_path):
+    """A model with a text tower and weights from a file (here a small open_clip model saved
+    at random initialisation: nothing can be downloaded) takes annotate's zero-shot path:
+    the taxonomy's prompts embedded by the same model, scored against every image."""
+    import torch
+
+    from transforms.embed.models import load_embedder
+
+    checkpoint = tmp_path / "clip.pt"
+    clip = load_embedder("open_clip:ViT-S-32", "none", "cpu", batch_size=4)
+    torch.save(clip.module.state_dict(), checkpoint)
+    corpus, ext, emb, ann = (tmp_path / n for n in ("corpus", "extract", "embed", "annotate"))
+    generate_corpus(str(corpus), 4, seed=9, image_side=256)
+    run_extract(["--source", str(corpus), "--output", str(ext)])
+    model = ["--model", "open_clip:ViT-S-32", "--weights", str(checkpoint), "--batch_size", "4"]
+    embed.run(["--input", str(ext), "--output", str(emb), *model])
+    assert json.loads((emb / "embed_model.json").read_text())["random_weights"] is False
+    result = annotate.run(
+        ["--input", str(ext), "--embeddings", str(emb), "--output", str(ann), "--clusters", "2"]
+    )
+    assert result["balanced"] and result["zero_shot"].startswith("zero-shot:"), result
+    summary = json.loads((ann / "clusters.json").read_text())
+    sources = {s["source"] for c in summary["cluster_list"] for s in c["suggested"]}
+    assert "zero_shot" in sources
+    for cluster in summary["cluster_list"]:
+        for suggestion in cluster["suggested"]:
+            if suggestion["source"] == "zero_shot":
+                assert 0 < suggestion["score"] <= 1
+                assert suggestion["global_class"] and suggestion["local_class"]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -30,7 +31,11 @@ def parquet_options(schema: pa.Schema) -> dict:
     on read, for no gain in size. Statistics of free text and lists were most of the footer
     (15 MB for 65,000 figures), which every reader decodes and holds while it reads.
     """
-    payload = {f.name for f in schema if f.type == pa.binary()}
+    # Image bytes, and embedding vectors (fixed-size lists of floats: neither repeat nor
+    # compress, and min/max of a vector's floats tells a reader nothing).
+    payload = {
+        f.name for f in schema if f.type == pa.binary() or pa.types.is_fixed_size_list(f.type)
+    }
     return {
         "use_dictionary": [f.name for f in schema if f.name not in payload],
         "compression": {f.name: "NONE" if f.name in payload else "ZSTD" for f in schema},
@@ -47,6 +52,40 @@ def parquet_options(schema: pa.Schema) -> dict:
 def open_native(uri: str):
     """A local path as is (pyarrow's native reader is twice as fast), anything else via Beam."""
     return uri if "://" not in uri else FileSystems.open(uri, compression_type="uncompressed")
+
+
+def read_parquet(uri: str, columns=None, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """A Parquet file whole (or in batches of `batch_rows`), only `columns` of them that it
+    has, never pre-buffered (pre-buffering keeps every range it read until the file is
+    closed); the file is closed when the generator ends."""
+    source = open_native(uri)
+    try:
+        handle = pq.ParquetFile(source, pre_buffer=False)
+        if columns is not None:
+            present = set(handle.schema_arrow.names)
+            columns = [c for c in columns if c in present]
+        if batch_rows is None:
+            yield handle.read(columns=columns)
+            return
+        for batch in handle.iter_batches(batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def write_parquet(uri: str, table: pa.Table, guard=None) -> None:
+    """A table to `uri`, written aside and moved into place (checking the run's lock first,
+    see _commit): no reader ever sees a partial file under the final name."""
+    directory, name = uri.rsplit("/", 1)
+    if "://" not in directory:
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+    aside = storage.join(directory, f"_{name}.inprogress")
+    with FileSystems.create(aside, compression_type="uncompressed") as sink:
+        pq.write_table(table, sink, **parquet_options(table.schema))
+    _commit(aside, uri, guard)
 
 
 def _commit(aside: str, final: str, guard=None) -> None:

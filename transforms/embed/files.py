@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms import storage
+from transforms import sinks, storage
 from transforms.records import embedding_schema
-from transforms.sinks import open_native, parquet_options
+from transforms.sinks import open_native
 
 COLUMNS = ("key", "image", "caption")
 EMBEDDINGS_DIR = "embeddings"
@@ -123,18 +123,8 @@ def embeddings_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_table(table: pa.Table, directory: str, name: str, commit) -> None:
-    """Write aside, then `commit(aside, final)` moves it into place (sinks._commit)."""
-    if "://" not in directory:
-        import os
-
-        os.makedirs(directory, exist_ok=True)
-    from apache_beam.io.filesystems import FileSystems
-
-    aside = storage.join(directory, f"_{name}.inprogress")
-    with FileSystems.create(aside, compression_type="uncompressed") as sink:
-        pq.write_table(table, sink, **parquet_options(table.schema))
-    commit(aside, storage.join(directory, name))
+def write_table(table: pa.Table, directory: str, name: str, guard=None) -> None:
+    sinks.write_parquet(storage.join(directory, name), table, guard)
 
 
 def model_record(

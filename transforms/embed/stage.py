@@ -22,7 +22,6 @@ from transforms import storage
 from transforms.embed import files
 from transforms.embed.handlers import INFERENCE_FAILED, EmbedHandler
 from transforms.outcomes import DEAD, dead
-from transforms.sinks import _commit
 
 STAGE = "embed"  # pipelines.embed says it too (without importing this module)
 UNIT_UNREADABLE = "unit_unreadable"
@@ -84,12 +83,7 @@ class _WriteEmbeddings(beam.DoFn):
         uri, items = element
         rows = [item for item in items if item is not None]
         table = files.embeddings_table(rows, info["model_id"], info["dim"], info["caption"])
-        files.write_table(
-            table,
-            self.directory,
-            files.embeddings_name(uri),
-            lambda aside, final: _commit(aside, final, self.guard),
-        )
+        files.write_table(table, self.directory, files.embeddings_name(uri), self.guard)
         yield len(rows)
 
 

@@ -8,8 +8,11 @@ WORKDIR /template
 COPY pyproject.toml constraints.txt README.md ./
 COPY pipelines ./pipelines
 COPY transforms ./transforms
-# constraints.txt keeps pip on the CPU torch pins should any extra ask for torch.
-RUN pip install --no-cache-dir -c constraints.txt .
+# constraints.txt pins torch and torchvision; PyTorch's CPU index serves the CPU build of that
+# release (PyPI's Linux torch is the CUDA one, several GB). The embed stage's GPU image is
+# another build (issue 10).
+RUN pip install --no-cache-dir -c constraints.txt \
+      --extra-index-url https://download.pytorch.org/whl/cpu .
 
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipelines/extract.py
 ENV PYTHONPATH=/template

@@ -557,3 +557,63 @@ def test_two_thousand_clusters_stay_responsive(driver, tmp_path):
         f"first page shown {shown / 1000:.2f} s, next page {turned:.2f} s"
     )
     assert shown < 5000 and turned < 2.0
+
+
+# ---- the round trip: annotate -> the page -> annotate again ----------------------------------
+
+
+def test_labels_saved_from_a_real_gallery_reach_every_member(driver, downloads, tmp_path):
+    """An annotate run on the sample corpus writes the gallery; an expert labels a cluster in
+    it and saves; annotate again with the saved file and the saved clustering model puts
+    that label on every member of the cluster."""
+    from conftest import read_table, run_extract
+
+    from pipelines import annotate, embed
+    from transforms.pmc.sample_corpus import generate_corpus
+
+    corpus, ext, emb, ann = (tmp_path / n for n in ("corpus", "extract", "embed", "annotate"))
+    generate_corpus(str(corpus), 12, seed=4, image_side=256)
+    run_extract(["--source", str(corpus), "--output", str(ext)])
+    embed.run(["--input", str(ext), "--output", str(emb)])
+    common = ["--input", str(ext), "--embeddings", str(emb), "--clusters", "4"]
+    annotate.run([*common, "--output", str(ann)])
+
+    open_fresh(driver, (ann / "gallery" / "index.html").as_uri())
+    assert all_thumbnails_loaded(driver) == []
+    assert severe(driver) == []
+    select(driver, "pt-1", "single")
+    select(driver, "ps-1", "single panel")
+    tick(driver, 1, "confocal microscopy")
+    saved = saved_labels(driver, downloads)
+    label = {
+        "panel_type": "single",
+        "panel_subtype": "single panel",
+        "global_class": ["Microscopy"],
+        "local_class": ["confocal microscopy"],
+    }
+    assert saved == {"1": label}
+    labels_file = tmp_path / "cluster_labels.json"
+    shutil.copy(downloads / "cluster_labels.json", labels_file)
+
+    again = tmp_path / "again"
+    annotate.run(
+        [
+            *common,
+            "--output",
+            str(again),
+            "--cluster_model",
+            str(ann / "cluster_model-v1.faiss"),
+            "--cluster_labels",
+            str(labels_file),
+        ]
+    )
+    members = [r for r in read_table(again / "annotations") if r["image_cluster_id"] == 1]
+    assert members
+    assert len(members) == sum(
+        1 for r in read_table(ann / "annotations") if r["image_cluster_id"] == 1
+    )
+    for row in members:
+        assert row["image_label_source"] == "expert" and row["image_label_score"] == 1.0
+        assert row["image_panel_type"] == "single"
+        assert row["image_primary_label"] == ["Microscopy"]
+        assert row["image_secondary_label"] == ["confocal microscopy"]

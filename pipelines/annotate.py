@@ -83,11 +83,11 @@ def embed_info(embeddings: str, files: list[str]) -> dict:
     raise SystemExit(f"{uri} is missing and no embeddings file says which model made it")
 
 
-def _keys(uri: str) -> set[str] | None:
-    """The keys of an embeddings file (None where it cannot be read: the job dead-letters
-    it)."""
+def _keys(uri: str) -> list | None:
+    """The keys of an embeddings file's rows (None where it cannot be read: the job
+    dead-letters it)."""
     try:
-        return {k for t in read_parquet(uri, columns=["key"]) for k in t.column(0).to_pylist()}
+        return [k for t in read_parquet(uri, columns=["key"]) for k in t.column(0).to_pylist()]
     except Exception:  # noqa: BLE001
         return None
 
@@ -121,7 +121,7 @@ def check_figures(files: list[str], source: str) -> int | None:
             known = figure_rows.keys(figure)
         except Exception:  # noqa: BLE001 (not a Parquet file at all: none of its keys known)
             known = set()
-        lost = keys - known
+        lost = {k for k in keys if isinstance(k, str)} - known
         if lost:
             absent += len(lost)
             if example is None:

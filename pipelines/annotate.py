@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import sys
 import time
 
@@ -32,12 +33,12 @@ from pipelines.runner import (
     run_and_report,
 )
 from transforms import report, run_lock, storage
-from transforms.annotate import clustering, embedding_rows, labels, steps
-from transforms.annotate.steps import COUNTS, LABELS_STAGE, STAGE, STATS
+from transforms.annotate import clustering, figure_rows, labels, steps
+from transforms.annotate.steps import CLUSTERING, COUNTS, GALLERY, LABELS_STAGE, STAGE, STATS
 from transforms.annotate.taxonomy import load_taxonomy
 from transforms.outcomes import DEAD, dead
 from transforms.records import EMBEDDING_MODEL, IMAGE_EMBEDDING
-from transforms.sinks import WriteDeadLetters
+from transforms.sinks import WriteDeadLetters, read_parquet
 
 EMBED_MODEL_FILE = "embed_model.json"
 OUTPUT_PARTS = [
@@ -54,10 +55,7 @@ log = logging.getLogger(__name__)
 
 
 def embedding_files(embeddings: str) -> list[str]:
-    files = sorted(f.uri for f in storage.glob(storage.join(embeddings, "embeddings", "*.parquet")))
-    if not files:
-        raise SystemExit(f"no embeddings files at {storage.join(embeddings, 'embeddings')}")
-    return files
+    return sorted(f.uri for f in storage.glob(storage.join(embeddings, "embeddings", "*.parquet")))
 
 
 def embed_info(embeddings: str, files: list[str]) -> dict:
@@ -72,22 +70,96 @@ def embed_info(embeddings: str, files: list[str]) -> dict:
         except (ValueError, storage.StorageError):
             pass
         raise SystemExit(f"{uri} is not embed's model description (model_id and dim)")
-    import pyarrow.parquet as pq
-
-    from transforms.sinks import open_native
-
     for file in files:
-        try:
-            schema = pq.read_schema(open_native(file))
-            first = pq.ParquetFile(open_native(file)).read_row_group(0, columns=[EMBEDDING_MODEL])
+        try:  # read_parquet closes the file, whatever happens
+            first = next(read_parquet(file, columns=[EMBEDDING_MODEL, IMAGE_EMBEDDING]))
         except Exception:  # noqa: BLE001 (a damaged file is the job's dead letter, not ours)
             continue
-        vector = schema.field(IMAGE_EMBEDDING).type
+        vector = first.schema.field(IMAGE_EMBEDDING).type if first.num_columns == 2 else None
         if first.num_rows and hasattr(vector, "list_size"):
             model_id = first.column(0)[0].as_py()
             log.warning("%s missing: every row must be %s, dim %d", uri, model_id, vector.list_size)
             return {"model_id": model_id, "dim": vector.list_size, "caption": False}
     raise SystemExit(f"{uri} is missing and no embeddings file says which model made it")
+
+
+def _keys(uri: str) -> list | None:
+    """The keys of an embeddings file's rows (None where it cannot be read: the job
+    dead-letters it)."""
+    try:
+        return [k for t in read_parquet(uri, columns=["key"]) for k in t.column(0).to_pylist()]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def check_figures(files: list[str], source: str) -> int | None:
+    """Before work: every embeddings file has its figure file of the same name under
+    --input, and every key it holds is a row of that figure file (the key columns alone are
+    read), so the captions and thumbnails come from the figures embed saw. Refuses in one
+    line otherwise; returns the embeddings' row count (None where a file is unreadable)."""
+    figures = storage.join(source, "extract", "figures")
+    present = {posixpath.basename(f.uri) for f in storage.glob(storage.join(figures, "*"))}
+    missing = [f for f in files if posixpath.basename(f) not in present]
+    if missing:
+        name = posixpath.basename(missing[0])
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SystemExit(
+            f"{storage.join(figures, name)} is missing: embed made {missing[0]}{more} from it; "
+            "pass as --input the extract output that embed read"
+        )
+    rows: int | None = 0
+    absent, example, where = 0, None, None
+    for file in files:
+        keys = _keys(file)
+        if keys is None:
+            rows = None
+            continue
+        if rows is not None:
+            rows += len(keys)
+        figure = storage.join(figures, posixpath.basename(file))
+        try:
+            known = figure_rows.keys(figure)
+        except Exception:  # noqa: BLE001 (not a Parquet file at all: none of its keys known)
+            known = set()
+        lost = {k for k in keys if isinstance(k, str)} - known
+        if lost:
+            absent += len(lost)
+            if example is None:
+                example, where = min(lost), figure
+    if absent:
+        raise SystemExit(
+            f"{absent} embedded samples are not in the figure files of --input (e.g. {example} "
+            f"is not in {where}): pass as --input the extract output that embed read"
+        )
+    return rows
+
+
+def refuse_empty(embeddings: str, files: list[str], rows: int | None, allow_empty: bool) -> None:
+    """An embed output with nothing to annotate is refused before work, unless --allow_empty
+    (then the run writes an empty, balanced output)."""
+    if allow_empty or (files and rows != 0):
+        return
+    what = "no embeddings files" if not files else f"{len(files)} embeddings files with no rows"
+    raise SystemExit(
+        f"--embeddings {embeddings} holds {what} (`biomedica embed --allow_empty` writes that "
+        "from an empty extract); pass --allow_empty to write an empty annotate output"
+    )
+
+
+def check_zero_shot_weights(embeddings: str, info: dict) -> None:
+    """Zero-shot embeds the taxonomy's prompts with embed's own weights: a checkpoint that
+    is gone is said now, not by every worker mid-run."""
+    from transforms.embed.models import check_weights, parse_model, parse_weights
+
+    try:
+        weights = parse_weights(parse_model(info.get("model", "")), info.get("weights"))
+        check_weights(weights)
+    except ValueError as err:
+        detail = str(err).split(": ", 1)[-1]
+        raise SystemExit(
+            f"{storage.join(embeddings, EMBED_MODEL_FILE)}'s weights {info.get('weights')!r}: "
+            f"{detail} (zero-shot embeds the taxonomy's prompts with them)"
+        ) from None
 
 
 def check_values(opts: AnnotateOptions) -> None:
@@ -105,7 +177,9 @@ def reused_model(uri: str, info: dict) -> dict:
     """--cluster_model read and checked against the embeddings before any work."""
     try:
         data, meta = clustering.read_saved(uri)
-        clustering.check_compatible(meta, info["model_id"], info["dim"], uri)
+        clustering.check_compatible(
+            meta, info["model_id"], info["dim"], uri, info.get("weights_fingerprint")
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from None
     return steps.model_element(data, meta)
@@ -122,21 +196,18 @@ def expert_labels(uri: str | None) -> labels.ExpertLabels | None:
         raise SystemExit(f"--cluster_labels {uri}: {err}") from None
 
 
-def warn_if_capped(files: list[str], opts: AnnotateOptions) -> int | None:
+def warn_if_capped(rows: int | None, opts: AnnotateOptions) -> None:
     """The launcher says up front when --clusters will be capped (the training step says it
-    again with the sample it got). The rows the footers count."""
-    counts = [embedding_rows.row_count(f) for f in files]
-    rows = sum(c or 0 for c in counts)
-    sample = min(opts.cluster_sample, rows)
+    again with the sample it got)."""
+    sample = min(opts.cluster_sample, rows or 0)
     capped = clustering.capped_clusters(opts.clusters, sample)
-    if not opts.cluster_model and capped < opts.clusters:
+    if not opts.cluster_model and rows and capped < opts.clusters:
         print(
             f"WARNING biomedica annotate: --clusters {opts.clusters} capped to {capped}: the "
             f"training sample holds at most {sample} vectors and each cluster needs at least "
             f"{clustering.MIN_POINTS_PER_CLUSTER}",
             file=sys.stderr,
         )
-    return rows if all(c is not None for c in counts) else None
 
 
 def build(p, opts, source: str, output: str, files, info, model, expert, zero_shot, guard):
@@ -152,7 +223,15 @@ def build(p, opts, source: str, output: str, files, info, model, expert, zero_sh
             read["candidates"]
             | "Sample" >> beam.combiners.Top.Smallest(opts.cluster_sample)
             | "Train"
-            >> beam.Map(steps.train_model, opts.clusters, opts.pca_dims, opts.seed, model_id, dim)
+            >> beam.Map(
+                steps.train_model,
+                opts.clusters,
+                opts.pca_dims,
+                opts.seed,
+                model_id,
+                dim,
+                info.get("weights_fingerprint"),
+            )
         )
     else:
         model_pc = p | "SavedModel" >> beam.Create([model])
@@ -184,9 +263,9 @@ def build(p, opts, source: str, output: str, files, info, model, expert, zero_sh
     )
     thumbnails = units | "WriteThumbnails" >> beam.ParDo(
         steps.WriteThumbnails(figures, output, guard), as_labels
-    )
+    ).with_outputs(DEAD, main="counts")
 
-    dead_letters = [read[DEAD]]
+    dead_letters = [read[DEAD], thumbnails[DEAD]]
     if expert is not None:
         bad = [
             dead(LABELS_STAGE, key, reason, detail, opts.cluster_labels)
@@ -200,7 +279,7 @@ def build(p, opts, source: str, output: str, files, info, model, expert, zero_sh
         read[COUNTS],
         assigned[COUNTS],
         written | "Out" >> beam.Map(lambda n: (f"{STAGE}.out", n)),
-        thumbnails,
+        thumbnails["counts"],
         dead_letters | "DeadCounts" >> beam.FlatMap(report.dead_letter_counts),
         model_pc | "ModelCounts" >> beam.FlatMap(steps.model_counts, model is None),
         labelled | "LabelCounts" >> beam.FlatMap(lambda s: s["counts"]),
@@ -235,13 +314,22 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
 
     # Everything that can refuse the run does so before the output is touched.
+    allow_empty = bool(options.get_all_options().get("allow_empty"))  # AllowEmpty's flag
     files = embedding_files(opts.embeddings)
+    rows = check_figures(files, source)
+    refuse_empty(opts.embeddings, files, rows, allow_empty)
     info = embed_info(opts.embeddings, files)
     model = reused_model(opts.cluster_model, info) if opts.cluster_model else None
     expert = expert_labels(opts.cluster_labels)
     zero_shot, why = labels.zero_shot_allowed(info)
-    rows = warn_if_capped(files, opts)
-    stage_terms = {STAGE: ("out", "dead_letter")}
+    if zero_shot:
+        check_zero_shot_weights(opts.embeddings, info)
+    warn_if_capped(rows, opts)
+    stage_terms = {
+        STAGE: ("out", "dead_letter"),
+        CLUSTERING: ("out",),
+        GALLERY: ("out", "dead_letter"),
+    }
     if expert is not None:
         stage_terms[LABELS_STAGE] = ("out", "outside_clustering", "dead_letter")
     header = {
@@ -272,7 +360,22 @@ def run(argv=None, test_pipeline=None) -> dict:
         prepare_output(output, REPORT, run_options.overwrite, OUTPUT_PARTS)
         print(f"biomedica annotate: {why}", file=sys.stderr)  # said once the run starts
         shown = progress(run_options.log_level, "annotate", ["embeddings", "annotations"], rows)
-        return run_and_report(p, output, time.time(), [], lock, shown)
+        result = run_and_report(p, output, time.time(), [], lock, shown)
+    return nothing_annotated(result, allow_empty)
+
+
+def nothing_annotated(result: dict, allow_empty: bool) -> dict:
+    """A run whose rows were all dead letters wrote no label: an error unless
+    --allow_empty (its dead letters and report are written either way)."""
+    if result.get("stages", {}).get(STAGE, {}).get("out") == 0 and not result.get("submitted"):
+        if allow_empty:
+            print("biomedica annotate: nothing annotated (--allow_empty)", file=sys.stderr)
+        else:
+            result["error"] = (
+                "nothing annotated: no usable embedding (see dead_letter/); pass --allow_empty "
+                "if that is expected"
+            )
+    return result
 
 
 main = main_of(run, "annotate")

@@ -54,7 +54,10 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
     """Help lines that end with the default, for every flag that has one."""
     for action in parser._actions:
         default = action.default
-        if default in (None, "", False, argparse.SUPPRESS) or not action.option_strings:
+        # `is`, not `in`: 0 == False, and a default of 0 (--seed) is worth showing.
+        if any(default is v for v in (None, False, argparse.SUPPRESS)) or default == "":
+            continue
+        if not action.option_strings:
             continue
         action.help = f"{action.help or ''} (default: {default})".strip()
 

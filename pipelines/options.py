@@ -105,8 +105,8 @@ class EmbedOptions(PipelineOptions):
 
 
 class AllowEmpty:
-    """shard and subset take extract's --allow_empty (a Beam flag may be defined once: it is
-    Discover's, read as options.view_as(ExtractOptions).allow_empty)."""
+    """shard, subset, embed and annotate take extract's --allow_empty (a Beam flag may be
+    defined once: it is Discover's, read as options.view_as(ExtractOptions).allow_empty)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -162,7 +162,7 @@ OPTIONS_OF = {
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
     "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty),
-    "annotate": (InputOptions, AnnotateOptions, RunOptions),
+    "annotate": (InputOptions, AnnotateOptions, RunOptions, AllowEmpty),
 }
 
 

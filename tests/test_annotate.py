@@ -49,9 +49,18 @@ CAPTIONS = {
 }
 
 
-def write_inputs(root: Path, vectors, truth, captions=CAPTIONS, files=FILES, model=MODEL_ID):
+def write_inputs(
+    root: Path,
+    vectors,
+    truth,
+    captions=CAPTIONS,
+    files=FILES,
+    model=MODEL_ID,
+    fingerprint: str | None = "pixels-v1",
+):
     """EXTRACT_OUT (root/extract: figure files with key, caption, image) and EMB (root/emb:
-    embeddings files of the same names, embed_model.json). Keys: S<row>."""
+    embeddings files of the same names, embed_model.json, whose weights_fingerprint is
+    `fingerprint`, left out where None). Keys: S<row>."""
     extract = root / "extract" / "extract" / "figures"
     emb = root / "emb" / "embeddings"
     extract.mkdir(parents=True, exist_ok=True)
@@ -90,6 +99,8 @@ def write_inputs(root: Path, vectors, truth, captions=CAPTIONS, files=FILES, mod
         "caption": False,
         "input": str(root / "extract"),
     }
+    if fingerprint is not None:
+        info["weights_fingerprint"] = fingerprint
     (root / "emb" / "embed_model.json").write_text(json.dumps(info))
     return root / "extract", root / "emb", dict(zip(keys, truth.tolist(), strict=True))
 
@@ -192,9 +203,9 @@ def test_model_for_other_embeddings_refused(tmp_path):
     ],
 )
 def test_concepts_in_captions(caption, expected):
-    from transforms.annotate.caption_concepts import concepts_in
+    from transforms.annotate.caption_concepts import default_finder
 
-    assert concepts_in(caption) == expected
+    assert default_finder().concepts(caption) == expected
 
 
 @pytest.mark.parametrize(
@@ -490,7 +501,9 @@ def test_bad_embedding_rows_are_dead_letters(tmp_path):
     rows = pq.read_table(emb / "embeddings" / name).to_pylist()
     rows[0]["image_embedding"] = [float("nan")] * DIM
     rows[1]["model"] = "timm:resnet18"
-    rows.append({"key": "NOFIGURE", "model": MODEL_ID, "image_embedding": vectors[0].tolist()})
+    rows[2]["image_embedding"] = [0.0] * DIM  # all zero: no direction at all
+    rows[3]["image_embedding"] = (3 * vectors[3]).tolist()  # not normalised
+    rows.append(dict(rows[4]))  # the same key twice in one file
     pq.write_table(
         pa.Table.from_pylist(rows, schema=embedding_schema(DIM, False)), emb / "embeddings" / name
     )
@@ -500,20 +513,31 @@ def test_bad_embedding_rows_are_dead_letters(tmp_path):
         schema=embedding_schema(8, False),
     )
     pq.write_table(wrong, emb / "embeddings" / "part-00001-of-00001.parquet")
+    figures = extract / "extract" / "figures"
+    for other, key in (
+        ("part-00001-of-00001.parquet", "SHORT"),
+        ("part-99999-of-99999.parquet", "X"),
+    ):
+        pq.write_table(
+            pa.table({"key": [key], "caption": [""], "image": [jpeg(9)]}), figures / other
+        )
     out = tmp_path / "out"
     result = annotate(extract, emb, out, "--clusters", 2)
     reasons = sorted((d["key"], d["reason"]) for d in read_dead_letters(out))
     assert reasons == [
         ("S00000", "embedding_not_finite"),
         ("S00001", "embedding_model_mismatch"),
+        ("S00002", "embedding_not_unit"),
+        ("S00003", "embedding_not_unit"),
+        ("S00004", "embedding_duplicate_key"),
         ("SHORT", "embedding_wrong_dim"),
         ("part-99999-of-99999.parquet", "embeddings_unreadable"),
     ]
     stage = result["stages"]["annotate"]
-    assert stage["in"] == 60 + 1 + 1 + 1 and stage["out"] == 59 and stage["dead_letter"] == 4
-    assert stage["no_figure_row"] == 1 and result["balanced"] is True
+    assert stage["in"] == 60 + 1 + 1 + 1 and stage["out"] == 56 and stage["dead_letter"] == 7
+    assert "no_figure_row" not in stage and result["balanced"] is True
     keys = [r["key"] for r in annotations(out)]
-    assert "NOFIGURE" in keys and "S00000" not in keys
+    assert keys.count("S00004") == 1 and not {"S00000", "S00002", "S00003"} & set(keys)
 
 
 def test_capped_clusters_said_in_report_and_model(planted_inputs, tmp_path, capsys):
@@ -580,7 +604,9 @@ def test_zero_shot_labels_clusters_captions_leave_open(planted_inputs, tmp_path,
     (text_tower / "embeddings").mkdir(parents=True)
     for f in (emb / "embeddings").glob("*.parquet"):
         (text_tower / "embeddings" / f.name).write_bytes(f.read_bytes())
-    info.update(caption=True, random_weights=False, model="open_clip:test", weights="w.pt")
+    checkpoint = tmp_path / "w.pt"
+    checkpoint.write_bytes(b"weights")  # annotate checks it is there before work
+    info.update(caption=True, random_weights=False, model="open_clip:test", weights=str(checkpoint))
     (text_tower / "embed_model.json").write_text(json.dumps(info))
     concepts, _ = labels.prompt_texts(load_taxonomy())
     rng = np.random.default_rng(1)
@@ -598,7 +624,7 @@ def test_zero_shot_labels_clusters_captions_leave_open(planted_inputs, tmp_path,
     monkeypatch.setattr(labels, "prompt_matrix", prompt_matrix)
     out = tmp_path / "out"
     result = annotate(extract, text_tower, out, "--clusters", 4)
-    assert calls == [("open_clip:test", "w.pt")]
+    assert calls == [("open_clip:test", str(checkpoint))]
     assert result["zero_shot"].startswith("zero-shot:")
     by_truth = {}
     for r in annotations(out):
@@ -620,3 +646,238 @@ def test_second_run_into_an_output_needs_overwrite(planted_inputs, annotated, ca
     code, err = cli(argv, capsys)
     assert code == 1 and "pass --overwrite" in err and len(err.strip().splitlines()) == 1
     assert (out / "clusters.json").is_file()
+
+
+# ---- review fixes: votes, label files, inputs, weights, empty runs, report ----------------
+
+
+def test_vote_names_the_global_concept_most_members_name():
+    """A plot cluster whose members each name one kind of plot is "Plots and Charts", though
+    "immunohistochemistry" is its most frequent single term; the local concepts are voted
+    within the winning global concept."""
+    from transforms.annotate import labels
+    from transforms.annotate.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    local = Counter(
+        {
+            "bar plot": 3,
+            "line plot": 3,
+            "scatter plot": 3,
+            "roc curve": 3,
+            "immunohistochemistry": 4,
+        }
+    )
+    by_global = Counter({"Plots and Charts": 12, "Immuno Assays": 4})
+    label = labels.vote(local, 16, 0, 16, taxonomy, labels.CAPTION_VOTE, by_global)
+    assert label.global_class == ("Plots and Charts",)
+    assert label.local_class == ("bar plot", "line plot", "roc curve")  # ties by name, at most 3
+    assert label.score == 0.75
+    # A member naming two plots votes once for their global concept.
+    mixed = Counter({"bar plot": 2, "line plot": 2, "immunoblot": 3})
+    label = labels.vote(
+        mixed,
+        4,
+        0,
+        4,
+        taxonomy,
+        labels.CAPTION_VOTE,
+        Counter({"Plots and Charts": 2, "Immuno Assays": 3}),
+    )
+    assert label.global_class == ("Immuno Assays", "Plots and Charts")
+    assert label.local_class == ("immunoblot", "bar plot") and label.score == 0.75
+
+
+def test_caption_stats_count_a_member_once_per_global_concept():
+    from transforms.annotate import summary
+    from transforms.annotate.taxonomy import load_taxonomy
+
+    stats = summary.ClusterStats()
+    plots = ("Plots and Charts",)
+    stats.add("a", 0.1, "bar and line plots", ["bar plot", "line plot"], False, 4, None, plots)
+    stats.add("b", 0.2, "scatter plot", ["scatter plot"], False, 4, None, plots)
+    stats.add("c", 0.3, "IHC", ["immunohistochemistry"], False, 4, None, ("Immuno Assays",))
+    merged = summary.merge([stats, summary.ClusterStats()], 4)
+    assert merged.global_concepts == Counter({"Plots and Charts": 2, "Immuno Assays": 1})
+    (label,) = summary.suggestions(merged, load_taxonomy())
+    assert label.global_class[0] == "Plots and Charts" and label.score == pytest.approx(2 / 3)
+
+
+def test_expert_file_repeating_a_cluster_id_keeps_the_first():
+    from transforms.annotate import labels
+    from transforms.annotate.taxonomy import load_taxonomy
+
+    def entry(concept: str) -> str:
+        return json.dumps(
+            {
+                "panel_type": "single",
+                "panel_subtype": "single panel",
+                "global_class": [concept],
+                "local_class": [],
+            }
+        )
+
+    # json.dumps cannot write a name twice: the file is put together by hand.
+    text = f'{{"1": {entry("Microscopy")}, "1": {entry("Maps")}, "01": {entry("Maps")}}}'
+    parsed = labels.parse_expert_labels(text.encode(), load_taxonomy())
+    assert parsed.labels[1].global_class == ("Microscopy",)
+    assert [(k, r) for k, r, _ in parsed.bad] == [
+        ("1", "label_duplicate_cluster_id"),
+        ("01", "label_duplicate_cluster_id"),
+    ]
+
+
+def test_model_records_and_checks_the_embedding_weights(planted_inputs, annotated):
+    from transforms.annotate import clustering
+
+    out, _ = annotated
+    meta = json.loads((out / "cluster_model-v1.json").read_text())
+    assert meta["embedding_weights"] == "pixels-v1"
+    clustering.check_compatible(meta, MODEL_ID, DIM, "m", "pixels-v1")
+    for other in ("sha256:00ff", None):
+        with pytest.raises(clustering.ModelMismatch, match="weights"):
+            clustering.check_compatible(meta, MODEL_ID, DIM, "m", other)
+    older = {**meta, "embedding_weights": None}
+    clustering.check_compatible(older, MODEL_ID, DIM, "m", None)  # both older: no way to tell
+    with pytest.raises(clustering.ModelMismatch, match="no weights fingerprint"):
+        clustering.check_compatible(older, MODEL_ID, DIM, "m", "pixels-v1")
+
+
+def test_model_of_other_weights_refused_in_one_line(planted_inputs, annotated, tmp_path, capsys):
+    _, _, _, vectors, truth = planted_inputs
+    out, _ = annotated
+    model = out / "cluster_model-v1.faiss"
+    for fingerprint in ("sha256:" + "ab" * 32, None):
+        root = tmp_path / str(fingerprint)[:6]
+        extract, emb, _ = write_inputs(root, vectors, truth, fingerprint=fingerprint)
+        argv = ["--input", extract, "--embeddings", emb, "--output", root / "o"]
+        code, err = cli([*argv, "--cluster_model", model], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert "pixels-v1" in err and (fingerprint or "no weights fingerprint") in err
+        assert not (root / "o").exists()
+
+
+def test_another_or_missing_extract_refused_before_work(planted_inputs, tmp_path, capsys):
+    extract, emb, _, vectors, truth = planted_inputs
+    argv = ["--embeddings", emb, "--output", tmp_path / "o"]
+    code, err = cli(["--input", tmp_path / "nope", *argv], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "part-00000-of-00002.parquet is missing" in err and "(and 1 more)" in err
+    # Another extract with the same file names: its keys are not the embedded ones.
+    other, _, _ = write_inputs(tmp_path / "other", vectors[:50], truth[:50])
+    code, err = cli(["--input", other, *argv], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "190 embedded samples are not in the figure files" in err and "S00050" in err
+    assert not (tmp_path / "o").exists()
+
+
+def _empty_embed_output(root: Path, with_file: bool) -> tuple[Path, Path]:
+    """What `embed --allow_empty` leaves from an empty extract: embed_model.json, and no
+    embeddings file (or one with no rows)."""
+    from transforms.records import embedding_schema
+
+    extract, emb, _ = write_inputs(root, *planted(1, 10))
+    for f in (emb / "embeddings").glob("*.parquet"):
+        f.unlink()
+    for f in (extract / "extract" / "figures").glob("*.parquet"):
+        f.unlink()
+    if with_file:
+        name = "part-00000-of-00001.parquet"
+        pq.write_table(embedding_schema(DIM, False).empty_table(), emb / "embeddings" / name)
+        empty = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string())})
+        pq.write_table(empty, extract / "extract" / "figures" / name)
+    return extract, emb
+
+
+@pytest.mark.parametrize("with_file", [False, True])
+def test_empty_embed_output_refused_unless_allow_empty(tmp_path, capsys, with_file):
+    extract, emb = _empty_embed_output(tmp_path, with_file)
+    argv = ["--input", extract, "--embeddings", emb, "--output", tmp_path / "o"]
+    code, err = cli(argv, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "embed --allow_empty" in err and "pass --allow_empty" in err
+    assert not (tmp_path / "o").exists()
+    code, err = cli([*argv, "--allow_empty", "--log_level", "ERROR"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "run_report.json").read_text())
+    assert report["balanced"] and report["stages"]["annotate"]["in"] == 0
+    written = sorted(p.name for p in (tmp_path / "o" / "annotations").glob("*.parquet"))
+    assert written == (["part-00000-of-00001.parquet"] if with_file else [])
+    assert not (tmp_path / "o" / "cluster_model-v1.faiss").exists()
+
+
+def test_no_usable_row_fails_with_its_dead_letters(tmp_path, capsys):
+    vectors, truth = planted(2, 10)
+    extract, emb, _ = write_inputs(tmp_path, vectors, truth, model="timm:other")
+    info = json.loads((emb / "embed_model.json").read_text())
+    (emb / "embed_model.json").write_text(json.dumps({**info, "model_id": MODEL_ID}))
+    argv = ["--input", extract, "--embeddings", emb, "--output", tmp_path / "o"]
+    code, err = cli([*argv, "--log_level", "ERROR"], capsys)
+    assert code == 1 and "nothing annotated" in err
+    reasons = Counter(d["reason"] for d in read_dead_letters(tmp_path / "o"))
+    assert reasons == {"embedding_model_mismatch": 20}
+    report = json.loads((tmp_path / "o" / "run_report.json").read_text())
+    assert report["balanced"] and report["stages"]["annotate"]["dead_letter"] == 20
+    code, err = cli([*argv, "--overwrite", "--allow_empty", "--log_level", "ERROR"], capsys)
+    assert code == 0, err
+
+
+def test_missing_zero_shot_weights_refused_before_work(planted_inputs, tmp_path, capsys):
+    extract, emb, *_ = planted_inputs
+    text_tower = tmp_path / "emb"
+    (text_tower / "embeddings").mkdir(parents=True)
+    for f in (emb / "embeddings").glob("*.parquet"):
+        (text_tower / "embeddings" / f.name).write_bytes(f.read_bytes())
+    info = json.loads((emb / "embed_model.json").read_text())
+    gone = tmp_path / "gone.pt"
+    info.update(caption=True, random_weights=False, model="open_clip:test", weights=str(gone))
+    (text_tower / "embed_model.json").write_text(json.dumps(info))
+    argv = ["--input", extract, "--embeddings", text_tower, "--output", tmp_path / "o"]
+    code, err = cli(argv, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"embed_model.json's weights '{gone}': no such file" in err and "--weights" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_stages_mean_something(planted_inputs, annotated, tmp_path):
+    extract, emb, *_ = planted_inputs
+    out, result = annotated
+    assert result["balanced"]
+    gallery, clustering = result["stages"]["gallery"], result["stages"]["clustering"]
+    assert gallery["in"] == gallery["out"] == 4 * 3 and gallery["balanced"]
+    assert clustering["in"] == clustering["out"] == 240 and clustering["trained_on"] == 240
+    assert "reused_model" not in clustering
+    later = tmp_path / "reused"
+    again = annotate(extract, emb, later, "--cluster_model", out)
+    reused = again["stages"]["clustering"]
+    assert reused["in"] == reused["out"] == 240 and reused["reused_model"] == 1
+    assert "trained_on" not in reused and again["balanced"]
+
+
+def test_thumbnail_too_large_is_a_dead_letter_sample_kept(planted_inputs, tmp_path, monkeypatch):
+    from transforms.annotate import steps
+
+    def too_large(image):
+        raise ValueError("image of 20000x20000 pixels: over the 89478485-pixel bound")
+
+    monkeypatch.setattr(steps, "make_thumbnail", too_large)
+    extract, emb, truth_of, *_ = planted_inputs
+    out = tmp_path / "out"
+    result = annotate(extract, emb, out, "--clusters", 4, "--gallery_members", 2)
+    gallery = result["stages"]["gallery"]
+    assert gallery["in"] == gallery["dead_letter"] == 8 and result["balanced"]
+    assert gallery["dead_letter_by_reason"] == {"image_too_large": 8}
+    dead = read_dead_letters(out)
+    assert {d["stage"] for d in dead} == {"gallery"} and len(dead) == 8
+    assert sorted(r["key"] for r in annotations(out)) == sorted(truth_of)
+    assert not (out / "gallery" / "thumbs").exists()
+
+
+def test_help_shows_the_seed_default(capsys):
+    from pipelines import cli as entry
+
+    with pytest.raises(SystemExit) as stop:
+        entry.main(["annotate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code in (0, None)
+    assert "seed of the training sample and of k-means (default: 0)" in text

@@ -91,12 +91,15 @@ def test_caption_votes_name_the_kinds(labelled):
     rows = [r for r in labelled["annotations"] if r["image_label_source"]]
     assert {r["image_label_source"] for r in rows} == {"caption_vote"}
     assert len(rows) >= 0.7 * len(labelled["annotations"])
-    right = sum(
-        1
-        for r in rows
-        if set(r["image_primary_label"]) & EXPECTED_GLOBAL[labelled["kinds"][r["key"]]]
-    )
-    assert right >= 0.7 * len(rows), (right, len(rows))
+    # The FIRST primary label (the one a reader filters on) names the figure's kind:
+    # measured 147 of 151 (0.97) on this corpus, global concepts voted first; the four
+    # misses are two plots in a diagram cluster and a scan and a photograph in a blot
+    # cluster. Counting local concepts instead gave 144 (0.95).
+    kinds = labelled["kinds"]
+    first = sum(1 for r in rows if r["image_primary_label"][0] in EXPECTED_GLOBAL[kinds[r["key"]]])
+    assert first >= 0.96 * len(rows), (first, len(rows))
+    leading = Counter(r["image_primary_label"][0] for r in rows).most_common(1)[0][0]
+    assert leading == "Plots and Charts"  # the corpus draws more plots than any other kind
     for r in rows:
         assert r["image_panel_type"] in ("single", "multiple")
         assert 0 < r["image_label_score"] <= 1
@@ -192,6 +195,11 @@ def test_shards_carry_the_labels_and_subset_selects_on_them(labelled):
     assert {r["key"] for r in read_table_tree(micro / "parquet")} == wanted
     card = (dataset / "README.md").read_text()
     assert "Labels" in card and "Microscopy" in card
+    # The card's label table leads with the kind the corpus draws most (plots: 64 of 151).
+    section = card[card.index("### Samples by primary label") :]
+    header, first_row = [line for line in section.splitlines() if line.startswith("| ")][:2]
+    assert header.startswith("| primary label |")
+    assert first_row.startswith("| Plots and Charts |"), first_row
 
 
 def read_table_tree(directory: Path) -> list[dict]:

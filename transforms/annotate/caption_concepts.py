@@ -121,10 +121,6 @@ def default_finder() -> ConceptFinder:
     return ConceptFinder(load_taxonomy())
 
 
-def concepts_in(caption: str | None) -> list[str]:
-    return default_finder().concepts(caption)
-
-
 # Panel cues: "(A)", "(b)", "(A-D)", "(A, B)", "(ii)"; "A)", "B." or "C," opening a sentence;
 # the words "panel(s)" ("left panel", "panel B").
 _LABEL = r"(?:[A-Ha-h]|i{1,3}|iv|v|vi)"

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelMismatch(ValueError):
-    """A saved model made for other embeddings (another model id or dimension)."""
+    """A saved model made for other embeddings (another model id, dimension or weights)."""
 
 
 @contextlib.contextmanager
@@ -112,9 +112,11 @@ def train(
     pca_dims: int,
     seed: int,
     embedding_model: str,
+    embedding_weights: str | None = None,
 ) -> ClusterModel:
     """PCA to `pca_dims` (at most the dimension and the sample size) and k-means into
-    `clusters` (capped by capped_clusters, with a warning) on an (n, d) float32 sample."""
+    `clusters` (capped by capped_clusters, with a warning) on an (n, d) float32 sample.
+    `embedding_weights`: embed_model.json's weights_fingerprint (None where it has none)."""
     import faiss
 
     sample = np.ascontiguousarray(sample, dtype=np.float32)
@@ -155,6 +157,7 @@ def train(
     meta = {
         "version": FORMAT_VERSION,
         "embedding_model": embedding_model,
+        "embedding_weights": embedding_weights,
         "input_dim": dim,
         "pca_dims": dims,
         "clusters": k,
@@ -230,11 +233,27 @@ def read_saved(uri: str) -> tuple[bytes, dict]:
     return data, {k: v for k, v in meta.items() if k != "sha256"}
 
 
-def check_compatible(meta: dict, embedding_model: str, dim: int, where: str) -> None:
-    """Refuse a model trained on other embeddings: its ids would mean nothing here."""
+def _fingerprint(value) -> str:
+    return value if value else "no weights fingerprint (written before embed recorded one)"
+
+
+def check_compatible(
+    meta: dict, embedding_model: str, dim: int, where: str, weights: str | None = None
+) -> None:
+    """Refuse a model trained on other embeddings: its ids would mean nothing here. The
+    same model id with other weights is other embeddings too: the weights fingerprints
+    (embed_model.json's weights_fingerprint, the model's embedding_weights) must be equal,
+    or both absent (files older than the fingerprint, which cannot be told apart)."""
     if meta.get("embedding_model") != embedding_model or meta.get("input_dim") != dim:
         raise ModelMismatch(
             f"--cluster_model {where} was trained on {meta.get('embedding_model')} "
             f"embeddings of dim {meta.get('input_dim')}, but --embeddings holds "
             f"{embedding_model} embeddings of dim {dim}"
+        )
+    trained = meta.get("embedding_weights") or None
+    if trained != (weights or None):
+        raise ModelMismatch(
+            f"--cluster_model {where} was trained on embeddings of weights "
+            f"{_fingerprint(trained)}, but --embeddings were made with weights "
+            f"{_fingerprint(weights)}"
         )

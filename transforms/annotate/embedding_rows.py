@@ -8,16 +8,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transforms.records import EMBEDDING_MODEL, IMAGE_EMBEDDING
-from transforms.sinks import open_native
+from transforms.sinks import read_parquet
 
 WRONG_DIM = "embedding_wrong_dim"
 NOT_FINITE = "embedding_not_finite"
 MODEL_MISMATCH = "embedding_model_mismatch"
 NO_KEY = "embedding_no_key"
 UNREADABLE = "embeddings_unreadable"
+NOT_UNIT = "embedding_not_unit"
+DUPLICATE_KEY = "embedding_duplicate_key"
+# embed writes L2-normalised vectors; a norm this far from 1 (an all-zero vector, a raw
+# model output) is not one of them. Loose enough for vectors normalised in float16 on a GPU.
+UNIT_TOLERANCE = 1e-2
 
 
 @dataclass
@@ -31,13 +35,12 @@ class CheckedRows:
     rows: int = 0
 
 
+COLUMNS = ["key", EMBEDDING_MODEL, IMAGE_EMBEDDING]
+
+
 def read_table(uri: str) -> pa.Table:
-    source = open_native(uri)
-    try:
-        return pq.read_table(source, columns=["key", EMBEDDING_MODEL, IMAGE_EMBEDDING])
-    finally:
-        if not isinstance(source, str):
-            source.close()
+    """The columns annotate checks of an embeddings file (sinks.read_parquet: one reader)."""
+    return next(read_parquet(uri, columns=COLUMNS))
 
 
 def _vectors(column: pa.ChunkedArray, dim: int) -> list[np.ndarray | None]:
@@ -62,7 +65,8 @@ def _vectors(column: pa.ChunkedArray, dim: int) -> list[np.ndarray | None]:
 
 def check_rows(table: pa.Table, model_id: str, dim: int) -> CheckedRows:
     """Split a file's rows into usable ones and dead letters: a row whose vector is not
-    `dim` floats, holds NaN or infinity, whose model is not `model_id`, or has no key."""
+    `dim` floats, holds NaN or infinity, is not of unit length, whose model is not
+    `model_id`, that has no key, or repeats a key of an earlier row of the file."""
     checked = CheckedRows(rows=table.num_rows)
     if table.num_rows == 0:
         checked.vectors = np.zeros((0, dim), np.float32)
@@ -71,10 +75,15 @@ def check_rows(table: pa.Table, model_id: str, dim: int) -> CheckedRows:
     models = table.column(EMBEDDING_MODEL).to_pylist()
     vectors = _vectors(table.column(IMAGE_EMBEDDING), dim)
     kept = []
+    seen: set[str] = set()
     for key, model, vector in zip(keys, models, vectors, strict=True):
         name = key if isinstance(key, str) else ""
+        repeated = name in seen
+        seen.add(name)
         if not name:
             checked.bad.append((str(key), NO_KEY, "the row has no sample key"))
+        elif repeated:
+            checked.bad.append((name, DUPLICATE_KEY, "an earlier row of the file has this key"))
         elif model != model_id:
             checked.bad.append((name, MODEL_MISMATCH, f"model {model!r}, the others {model_id!r}"))
         elif vector is None or vector.shape != (dim,):
@@ -82,6 +91,9 @@ def check_rows(table: pa.Table, model_id: str, dim: int) -> CheckedRows:
             checked.bad.append((name, WRONG_DIM, f"{size} values, expected {dim}"))
         elif not np.isfinite(vector).all():
             checked.bad.append((name, NOT_FINITE, "the vector holds NaN or infinity"))
+        elif abs(float(np.linalg.norm(vector)) - 1) > UNIT_TOLERANCE:
+            norm = float(np.linalg.norm(vector))
+            checked.bad.append((name, NOT_UNIT, f"norm {norm:.4g}, embed writes unit vectors"))
         else:
             checked.keys.append(name)
             kept.append(vector)
@@ -94,15 +106,3 @@ def sample_rank(key: str, seed: int) -> str:
     are trained on. A hash of the key alone (and the seed): the same sample is picked from
     the same rows on any runner, whatever the files or bundles."""
     return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
-
-
-def row_count(uri: str) -> int | None:
-    """Rows of a Parquet file, from its footer (None where it cannot be read)."""
-    source = open_native(uri)
-    try:
-        return pq.ParquetFile(source).metadata.num_rows
-    except (OSError, ValueError, pa.ArrowException):
-        return None
-    finally:
-        if not isinstance(source, str):
-            source.close()

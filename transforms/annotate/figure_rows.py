@@ -1,48 +1,62 @@
-"""What annotate reads of extract's figure files: captions by key, and the images of a few
-keys (for thumbnails). Pure, Beam-free."""
+"""What annotate reads of extract's figure files: their keys, captions by key, and the
+images of a few keys (for thumbnails). Pure, Beam-free."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.sinks import open_native
+from transforms.sinks import open_native, read_parquet
+
+BATCH_ROWS = 4096
 
 
-def _file(uri: str):
+def keys(uri: str) -> set[str]:
+    """The keys of a figure file's rows (the key column alone). A row group that cannot be
+    read is passed over: embed could not have read its rows either."""
     source = open_native(uri)
-    return source, pq.ParquetFile(source)
-
-
-def captions(uri: str) -> dict[str, str]:
-    """key -> caption of every row (the first row of a key that occurs twice)."""
-    source, parquet = _file(uri)
     try:
-        found: dict[str, str] = {}
-        for batch in parquet.iter_batches(columns=["key", "caption"], batch_size=4096):
-            for key, caption in zip(
-                batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
-            ):
-                if isinstance(key, str):
-                    found.setdefault(key, caption or "")
+        parquet = pq.ParquetFile(source, pre_buffer=False)
+        found: set[str] = set()
+        for group in range(parquet.num_row_groups):
+            try:
+                column = parquet.read_row_group(group, columns=["key"]).column(0)
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+            found.update(k for k in column.to_pylist() if isinstance(k, str))
         return found
     finally:
         if not isinstance(source, str):
             source.close()
 
 
-def images(uri: str, keys: frozenset[str]) -> dict[str, bytes]:
-    """key -> image bytes of the rows whose key is in `keys`. Only the row groups holding
-    one of them have their image column read."""
-    source, parquet = _file(uri)
+def captions(uri: str) -> dict[str, str]:
+    """key -> caption of every row (the first row of a key that occurs twice)."""
+    found: dict[str, str] = {}
+    for batch in read_parquet(uri, columns=["key", "caption"], batch_rows=BATCH_ROWS):
+        for key, caption in zip(
+            batch.column("key").to_pylist(), batch.column("caption").to_pylist(), strict=True
+        ):
+            if isinstance(key, str):
+                found.setdefault(key, caption or "")
+    return found
+
+
+def images(uri: str, wanted: frozenset[str]) -> dict[str, bytes]:
+    """key -> image bytes of the rows whose key is in `wanted`. Row group by row group (not
+    sinks.read_parquet, which reads a column of every row): only the groups holding one of
+    them have their image column read, and images are most of a figure file's bytes."""
+    source = open_native(uri)
     try:
+        parquet = pq.ParquetFile(source, pre_buffer=False)
         found: dict[str, bytes] = {}
         for group in range(parquet.num_row_groups):
             names = parquet.read_row_group(group, columns=["key"]).column(0).to_pylist()
-            wanted = [i for i, k in enumerate(names) if k in keys and k not in found]
-            if not wanted:
+            at = [i for i, k in enumerate(names) if k in wanted and k not in found]
+            if not at:
                 continue
             column = parquet.read_row_group(group, columns=["image"]).column(0)
-            for i in wanted:
+            for i in at:
                 image = column[i].as_py()
                 if image:
                     found.setdefault(names[i], image)

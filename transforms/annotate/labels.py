@@ -94,28 +94,40 @@ def check_entry(entry, taxonomy: Taxonomy) -> tuple[str, str] | None:
     return None
 
 
+class _Entries(dict):
+    """A JSON object that also keeps its (name, value) pairs as written: json.loads would
+    keep only the last value of a name given twice."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
 def parse_expert_labels(data: bytes, taxonomy: Taxonomy) -> ExpertLabels:
     """BIOMEDICA's {"<cluster id>": {panel_type, panel_subtype, global_class, local_class}}.
-    A file that is not a JSON object raises ValueError; a bad entry is kept aside."""
+    A file that is not a JSON object raises ValueError; a bad entry is kept aside, and so is
+    every entry after the first of a cluster id given twice ("3" and "03" too)."""
     try:
-        content = json.loads(data)
+        content = json.loads(data, object_pairs_hook=_Entries)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not JSON: {err}") from None
     if not isinstance(content, dict):
         raise ValueError("not a JSON object of cluster id -> label")
     parsed = ExpertLabels()
-    for key, entry in content.items():
+    seen: set[int] = set()
+    for key, entry in content.pairs:
         text = str(key).strip()
         if not text.isdigit() or not text.isascii() or len(text) > 9:
             parsed.bad.append((str(key), "label_bad_cluster_id", "not a cluster id (0, 1, ...)"))
             continue
+        cluster = int(text)
+        if cluster in seen:
+            parsed.bad.append((str(key), "label_duplicate_cluster_id", f"{cluster} given twice"))
+            continue
+        seen.add(cluster)
         wrong = check_entry(entry, taxonomy)
         if wrong is not None:
             parsed.bad.append((str(key), *wrong))
-            continue
-        cluster = int(text)
-        if cluster in parsed.labels:
-            parsed.bad.append((str(key), "label_duplicate_cluster_id", f"{cluster} given twice"))
             continue
         parsed.labels[cluster] = Label(
             EXPERT,
@@ -131,6 +143,27 @@ def parse_expert_labels(data: bytes, taxonomy: Taxonomy) -> ExpertLabels:
 # ---- votes ------------------------------------------------------------------------------
 
 
+def _ranked(counts: Counter) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _leaders(counts: Counter, most: int) -> list[str]:
+    """The top concept and those with at least RUNNER_UP of its votes, at most `most`."""
+    ranked = _ranked(counts)
+    if not ranked:
+        return []
+    top = ranked[0][1]
+    return [c for c, n in ranked[:most] if n >= max(1, RUNNER_UP * top)]
+
+
+def global_votes(local_counts: Counter, taxonomy: Taxonomy) -> Counter:
+    """Global concept votes where each voter named one local concept (the zero-shot vote)."""
+    found: Counter = Counter()
+    for concept, n in local_counts.items():
+        found[taxonomy.global_of[concept]] += n
+    return found
+
+
 def vote(
     counts: Counter,
     voters: int,
@@ -138,16 +171,33 @@ def vote(
     panel_voters: int,
     taxonomy: Taxonomy,
     source: str,
+    global_counts: Counter | None = None,
 ) -> Label | None:
-    """The label a vote gives: `counts` of local concepts among `voters` members (a member
-    votes once for each concept it names); `multiple` of `panel_voters` members showed
-    several panels. Score: the share of voters naming the top concept. None: no vote."""
+    """The label a vote gives. Global concepts are voted first: `global_counts` holds, per
+    global concept, the members naming any of its local concepts (a member votes once per
+    global concept, however many of its local concepts it names; by default each voter named
+    one local concept of `counts`). The winner and its runners-up are the global class; the
+    local class is voted among the winner's local concepts (`counts`: members per local
+    concept), then each runner-up's top local concept. So a plot cluster whose members name
+    bar, line and scatter plots is "Plots and Charts", though "immunohistochemistry" may be
+    its most frequent single term. `multiple` of `panel_voters` members showed several
+    panels. Score: the share of the `voters` naming the winning global concept."""
     if voters <= 0 or not counts:
         return None
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    top = ranked[0][1]
-    local = tuple(c for c, n in ranked[:MAX_CONCEPTS] if n >= max(1, RUNNER_UP * top))
-    global_ = tuple(dict.fromkeys(taxonomy.global_of[c] for c in local))
+    if global_counts is None:
+        global_counts = global_votes(counts, taxonomy)
+    global_ = tuple(_leaders(global_counts, MAX_CONCEPTS))
+    if not global_:
+        return None
+    winner = global_[0]
+    local = _leaders(
+        Counter({c: n for c, n in counts.items() if taxonomy.global_of[c] == winner}),
+        MAX_CONCEPTS,
+    )
+    for other in global_[1:]:
+        local += _leaders(
+            Counter({c: n for c, n in counts.items() if taxonomy.global_of[c] == other}), 1
+        )
     kind = None
     if panel_voters > 0:
         kind = MULTIPLE if 2 * multiple >= panel_voters else SINGLE
@@ -156,8 +206,8 @@ def vote(
         kind,
         panel_subtype(kind, global_),
         global_,
-        local,
-        round(top / voters, 6),
+        tuple(local),
+        round(min(1.0, global_counts[winner] / voters), 6),
     )
 
 

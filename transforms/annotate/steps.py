@@ -1,10 +1,12 @@
 """The annotate job's Beam steps: thin DoFns and functions around the pure modules beside
 this one (embedding_rows, clustering, caption_concepts, labels, summary, thumbnails).
 
-A unit is one embeddings file. It is read three times, each time whole and alone: for dead
-letters and training candidates, for cluster ids and votes, and (through the ids kept from
-the second read) for its annotations file. Nothing per sample crosses a shuffle but the
-training candidates (at most --cluster_sample of them per file).
+A unit is one embeddings file. It is read twice, each time whole and alone: for dead
+letters and training candidates, and for cluster ids and votes. What crosses a shuffle per
+sample: the training candidates (at most --cluster_sample of them per file, vectors
+included), and each file's keys, cluster ids and distances, held from the second read until
+the labels are known and its annotations file is written (about 50 bytes a sample; the
+vectors are not kept).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import posixpath
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from transforms import progress, storage
@@ -27,12 +28,16 @@ from transforms.annotate.taxonomy import load_taxonomy
 from transforms.annotate.thumbnails import make_thumbnail, thumbnail_path
 from transforms.outcomes import dead
 from transforms.records import ANNOTATION_SCHEMA
+from transforms.sinks import write_parquet
 
 STAGE = "annotate"
 LABELS_STAGE = "cluster_labels"
 COUNTS = "counts"  # tagged output: (report counter, n)
 STATS = "stats"  # tagged output: (cluster id, ClusterStats)
-GALLERY = "gallery"
+GALLERY = "gallery"  # the folder, and the report stage of its thumbnails
+CLUSTERING = "clustering"  # report stage: vectors assigned to clusters, and the model
+TOO_LARGE = "image_too_large"
+NO_THUMBNAIL = "thumbnail_failed"
 
 log = logging.getLogger(__name__)
 
@@ -97,30 +102,49 @@ def _read(uri: str) -> tuple[pa.Table | None, str]:
 
 
 def train_model(
-    candidates: list, clusters: int, pca_dims: int, seed: int, model_id: str, dim: int
+    candidates: list,
+    clusters: int,
+    pca_dims: int,
+    seed: int,
+    model_id: str,
+    dim: int,
+    weights: str | None = None,
 ) -> dict:
-    """The training sample (candidates of smallest rank, in rank order) -> a model element."""
+    """The training sample (candidates of smallest rank, in rank order) -> a model element.
+    `weights`: the embeddings' weights fingerprint, recorded in the model's JSON. None where
+    no row was usable: the run then writes empty annotations files and its dead letters."""
     if not candidates:
-        raise ValueError("no usable embedding to train the clustering model on")
+        return None
     ordered = sorted(candidates)
     vectors = np.frombuffer(b"".join(v for _, _, v in ordered), dtype=np.float32)
-    model = clustering.train(vectors.reshape(len(ordered), dim), clusters, pca_dims, seed, model_id)
+    model = clustering.train(
+        vectors.reshape(len(ordered), dim), clusters, pca_dims, seed, model_id, weights
+    )
     return model_element(model.to_bytes(), model.meta)
 
 
 def model_counts(element: dict, trained: bool) -> list[tuple[str, int]]:
+    """The model's facts in the report (its "in" and "out" are the vectors assigned):
+    trained_on only where this run trained it, reused_model where it did not."""
+    if element is None:
+        return []
     meta = element["meta"]
-    return [
-        ("clustering.in", int(meta["sample_size"]) if trained else 0),
-        ("clustering.clusters", int(meta["clusters"])),
-        ("clustering.clusters_requested", int(meta["clusters_requested"])),
-        ("clustering.capped", int(bool(meta.get("capped")))),
-        ("clustering.pca_dims", int(meta["pca_dims"])),
-        ("clustering.reused_model", int(not trained)),
+    counts = [
+        (f"{CLUSTERING}.clusters", int(meta["clusters"])),
+        (f"{CLUSTERING}.pca_dims", int(meta["pca_dims"])),
     ]
+    if trained:
+        return counts + [
+            (f"{CLUSTERING}.trained_on", int(meta["sample_size"])),
+            (f"{CLUSTERING}.clusters_requested", int(meta["clusters_requested"])),
+            (f"{CLUSTERING}.capped", int(bool(meta.get("capped")))),
+        ]
+    return counts + [(f"{CLUSTERING}.reused_model", 1)]
 
 
-def save_model(element: dict, output: str, guard=None):
+def save_model(element: dict | None, output: str, guard=None):
+    if element is None:
+        return
     clustering.save(output, element["bytes"], element["meta"], guard)
     yield element["sha256"]
 
@@ -138,24 +162,31 @@ class AssignAndCount(_ModelHolder, beam.DoFn):
         if table is not None:  # else the first read dead-lettered it
             yield from self._assign(uri, table, model, zero_shot)
 
-    def _assign(self, uri: str, table: pa.Table, model: dict, zero_shot):
+    def _assign(self, uri: str, table: pa.Table, model: dict | None, zero_shot):
         checked = embedding_rows.check_rows(table, self.model_id, self.dim)
+        if model is None:  # no usable row anywhere (so none here): an empty file
+            yield uri, [], np.zeros(0, np.int64), np.zeros(0, np.float32)
+            return
         ids, distances = clustering.assign(self._model(model), checked.vectors)
+        yield beam.pvalue.TaggedOutput(COUNTS, (f"{CLUSTERING}.in", len(checked.keys)))
+        yield beam.pvalue.TaggedOutput(COUNTS, (f"{CLUSTERING}.out", len(ids)))
         captions = self._captions(uri)
         votes = [None] * len(checked.keys)
         if zero_shot is not None:
             concepts, matrix = zero_shot
             votes = labels.nearest_concepts(checked.vectors, matrix, concepts)
         finder = default_finder()
+        global_of = load_taxonomy().global_of
         stats: dict[int, summary.ClusterStats] = {}
         missing = 0
         for key, cluster, distance, vote in zip(checked.keys, ids, distances, votes, strict=True):
             caption = captions.get(key)
             missing += caption is None
             found = finder.concepts(caption) if caption else []
+            classes = tuple(dict.fromkeys(global_of[c] for c in found))
             several = bool(caption) and panel_type(caption) == MULTIPLE
             stats.setdefault(int(cluster), summary.ClusterStats()).add(
-                key, float(distance), caption, found, several, self.members, vote
+                key, float(distance), caption, found, several, self.members, vote, classes
             )
         for cluster, counted in sorted(stats.items()):
             yield beam.pvalue.TaggedOutput(STATS, (cluster, counted.trimmed(self.members)))
@@ -191,7 +222,10 @@ class CombineStats(beam.CombineFn):
 
 def summarise(stats: list, model: dict, expert: labels.ExpertLabels | None, embed_info: dict):
     """Every cluster's stats -> {"summary": clusters.json content, "fields": cluster id ->
-    the Annotation label fields of its members, "counts": report counts}."""
+    the Annotation label fields of its members, "counts": report counts}; no summary where
+    there is no model (no usable row)."""
+    if model is None:
+        return {"summary": None, "fields": {}, "counts": []}
     taxonomy = load_taxonomy()
     clusters = int(model["meta"]["clusters"])
     inside, outside = (expert or labels.ExpertLabels()).split(clusters)
@@ -224,12 +258,12 @@ def summarise(stats: list, model: dict, expert: labels.ExpertLabels | None, embe
 def write_summary(summarised: dict, output: str, guard=None) -> list[str]:
     """clusters.json, clusters.parquet and the gallery page."""
     content = summarised["summary"]
+    if content is None:
+        return []
     if guard is not None:
         guard()
     storage.atomic_write(storage.join(output, "clusters.json"), [summary.summary_json(content)])
-    storage.atomic_write(
-        storage.join(output, "clusters.parquet"), [summary.summary_parquet(content)]
-    )
+    write_parquet(storage.join(output, "clusters.parquet"), summary.summary_table(content), guard)
     return write_gallery_page(content, output, guard)
 
 
@@ -263,42 +297,44 @@ class WriteAnnotations(beam.DoFn):
             for name, value in fields[cluster].items():
                 columns[name].append(value)
         table = pa.Table.from_pydict(columns, schema=ANNOTATION_SCHEMA)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        if self.guard is not None:
-            self.guard()
-        target = storage.join(self.output, "annotations", _name(uri))
-        storage.atomic_write(target, [sink.getvalue().to_pybytes()])
+        write_parquet(storage.join(self.output, "annotations", _name(uri)), table, self.guard)
         progress.tick("annotations", len(keys))
         yield len(keys)
 
 
 class WriteThumbnails(beam.DoFn):
     """An embeddings file -> thumbnails (gallery/thumbs/...) of the gallery's samples that
-    its figure file of the same name holds; yields ("gallery.thumbnails", n) counts."""
+    its figure file of the same name holds. Counts under the "gallery" stage: in (images
+    found), out (thumbnails written), and dead letters (an image too large to decode, or
+    not an image); the sample itself stays annotated."""
 
     def __init__(self, figures: str, output: str, guard=None):
         self.figures, self.output, self.guard = figures, output, guard
 
     def process(self, uri: str, labelled: dict):
-        made = failed = 0
-        for key, image in sorted(self._images(uri, labelled).items()):
+        found = self._images(uri, labelled)
+        made = 0
+        for key, image in sorted(found.items()):
             try:
                 small = make_thumbnail(image)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image
-                log.warning("no thumbnail of %s: %s", key, err)
-                failed += 1
+            except (ValueError, Image.DecompressionBombError) as err:  # over the pixel bound
+                yield dead(GALLERY, key, TOO_LARGE, str(err), uri)
+                continue
+            except OSError as err:  # not an image PIL can decode
+                yield dead(GALLERY, key, NO_THUMBNAIL, str(err), uri)
                 continue
             if self.guard is not None and made == 0:
                 self.guard()
             storage.write_bytes(storage.join(self.output, GALLERY, thumbnail_path(key)), small)
             made += 1
+        if found:
+            yield f"{GALLERY}.in", len(found)
         if made:
-            yield f"{GALLERY}.thumbnails", made
-        if failed:
-            yield f"{GALLERY}.thumbnails_failed", failed
+            yield f"{GALLERY}.out", made
 
     def _images(self, uri: str, labelled: dict) -> dict[str, bytes]:
+        if labelled["summary"] is None:
+            return {}
         if getattr(self, "_summary", None) is not labelled["summary"]:
             self._summary = labelled["summary"]
             self._wanted = summary.thumbnail_keys(self._summary)

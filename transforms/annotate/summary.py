@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transforms.annotate import labels as labelling
 from transforms.annotate.clustering import MODEL_FILE
@@ -37,14 +36,15 @@ NO_LABEL = {
 
 @dataclass
 class ClusterStats:
-    """A cluster's members so far: their number, their captions' votes (concepts named,
-    panels shown), their images' zero-shot votes, and the nearest few to the centroid as
-    (distance, key, caption head, concepts named)."""
+    """A cluster's members so far: their number, their captions' votes (local concepts
+    named, global concepts named, panels shown), their images' zero-shot votes, and the
+    nearest few to the centroid as (distance, key, caption head, concepts named)."""
 
     size: int = 0
     captions: int = 0  # members whose caption was found (and is not empty)
     multiple: int = 0  # of those, captions that show several panels
     concepts: Counter = field(default_factory=Counter)
+    global_concepts: Counter = field(default_factory=Counter)  # members naming each
     zero_shot_voters: int = 0
     zero_shot: Counter = field(default_factory=Counter)
     nearest: list = field(default_factory=list)
@@ -58,12 +58,16 @@ class ClusterStats:
         multiple: bool,
         limit: int,
         zero_shot: str | None = None,
+        global_concepts: tuple[str, ...] = (),
     ) -> None:
+        """`concepts`: the distinct local concepts the caption names; `global_concepts`:
+        the distinct global concepts they belong to (one vote each per member)."""
         self.size += 1
         if caption:
             self.captions += 1
             self.multiple += int(multiple)
             self.concepts.update(concepts)
+            self.global_concepts.update(global_concepts)
         if zero_shot is not None:
             self.zero_shot_voters += 1
             self.zero_shot[zero_shot] += 1
@@ -85,6 +89,7 @@ def merge(stats: list[ClusterStats], limit: int) -> ClusterStats:
         total.captions += s.captions
         total.multiple += s.multiple
         total.concepts.update(s.concepts)
+        total.global_concepts.update(s.global_concepts)
         total.zero_shot_voters += s.zero_shot_voters
         total.zero_shot.update(s.zero_shot)
         total.nearest.extend(s.nearest)
@@ -101,6 +106,7 @@ def suggestions(stats: ClusterStats, taxonomy: Taxonomy) -> list[labelling.Label
         stats.captions,
         taxonomy,
         labelling.CAPTION_VOTE,
+        stats.global_concepts,
     )
     if by_captions is not None:
         found.append(by_captions)
@@ -264,11 +270,9 @@ def cluster_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def summary_parquet(summary: dict) -> bytes:
-    table = pa.Table.from_pylist(cluster_rows(summary), schema=CLUSTER_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
+def summary_table(summary: dict) -> pa.Table:
+    """clusters.parquet's table (written by sinks.write_parquet)."""
+    return pa.Table.from_pylist(cluster_rows(summary), schema=CLUSTER_SCHEMA)
 
 
 def thumbnail_keys(summary: dict) -> frozenset[str]:

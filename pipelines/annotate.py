@@ -17,6 +17,7 @@ import sys
 import time
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
@@ -38,7 +39,7 @@ from transforms.annotate.steps import CLUSTERING, COUNTS, GALLERY, LABELS_STAGE,
 from transforms.annotate.taxonomy import load_taxonomy
 from transforms.outcomes import DEAD, dead
 from transforms.records import EMBEDDING_MODEL, IMAGE_EMBEDDING
-from transforms.sinks import WriteDeadLetters, read_parquet
+from transforms.sinks import WriteDeadLetters, open_native, read_parquet
 
 EMBED_MODEL_FILE = "embed_model.json"
 OUTPUT_PARTS = [
@@ -92,11 +93,31 @@ def _keys(uri: str) -> list | None:
         return None
 
 
+def _row_count(uri: str) -> int | None:
+    """An embeddings file's rows, from its footer alone (None where it cannot be read)."""
+    source = open_native(uri)
+    try:
+        return pq.ParquetFile(source).metadata.num_rows
+    except Exception:  # noqa: BLE001 (the job dead-letters it)
+        return None
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+# Embeddings files whose keys the launcher checks against their figure files before work:
+# a few, spread over the input (all of them would be thousands of reads on a Dataflow
+# launcher at PMC's scale). The job checks every key; a key it finds in no figure row fails
+# the run (see no_figure_rows).
+KEY_CHECK_FILES = 16
+
+
 def check_figures(files: list[str], source: str) -> int | None:
     """Before work: every embeddings file has its figure file of the same name under
-    --input, and every key it holds is a row of that figure file (the key columns alone are
-    read), so the captions and thumbnails come from the figures embed saw. Refuses in one
-    line otherwise; returns the embeddings' row count (None where a file is unreadable)."""
+    --input, and the keys of a sample of them (KEY_CHECK_FILES, key columns alone) are rows
+    of those figure files, so the captions and thumbnails come from the figures embed saw.
+    Refuses in one line otherwise; returns the embeddings' row count from the footers
+    (None where a file is unreadable)."""
     figures = storage.join(source, "extract", "figures")
     present = {posixpath.basename(f.uri) for f in storage.glob(storage.join(figures, "*"))}
     missing = [f for f in files if posixpath.basename(f) not in present]
@@ -107,15 +128,14 @@ def check_figures(files: list[str], source: str) -> int | None:
             f"{storage.join(figures, name)} is missing: embed made {missing[0]}{more} from it; "
             "pass as --input the extract output that embed read"
         )
-    rows: int | None = 0
+    counts = [_row_count(file) for file in files]
+    rows = None if None in counts else sum(counts)
+    step = max(1, -(-len(files) // KEY_CHECK_FILES))
     absent, example, where = 0, None, None
-    for file in files:
+    for file in files[::step]:
         keys = _keys(file)
         if keys is None:
-            rows = None
             continue
-        if rows is not None:
-            rows += len(keys)
         figure = storage.join(figures, posixpath.basename(file))
         try:
             known = figure_rows.keys(figure)
@@ -361,7 +381,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         print(f"biomedica annotate: {why}", file=sys.stderr)  # said once the run starts
         shown = progress(run_options.log_level, "annotate", ["embeddings", "annotations"], rows)
         result = run_and_report(p, output, time.time(), [], lock, shown)
-    return nothing_annotated(result, allow_empty)
+    return no_figure_rows(nothing_annotated(result, allow_empty))
 
 
 def nothing_annotated(result: dict, allow_empty: bool) -> dict:
@@ -375,6 +395,19 @@ def nothing_annotated(result: dict, allow_empty: bool) -> dict:
                 "nothing annotated: no usable embedding (see dead_letter/); pass --allow_empty "
                 "if that is expected"
             )
+    return result
+
+
+def no_figure_rows(result: dict) -> dict:
+    """Embedded samples the job found in no figure row of --input (the launcher checks only
+    a sample of files): annotated without captions or thumbnails, so the run fails."""
+    missing = result.get("stages", {}).get(STAGE, {}).get("no_figure_row", 0)
+    if missing and not result.get("error"):
+        result["error"] = (
+            f"{missing} embedded samples are not in the figure files of --input (annotated "
+            "without caption votes or thumbnails); pass as --input the extract output that "
+            "embed read"
+        )
     return result
 
 

@@ -881,3 +881,30 @@ def test_help_shows_the_seed_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert stop.value.code in (0, None)
     assert "seed of the training sample and of k-means (default: 0)" in text
+
+
+def test_keys_the_launcher_did_not_check_still_fail_the_run(
+    planted_inputs, tmp_path, capsys, monkeypatch
+):
+    """The launcher checks the keys of a few files only (a Dataflow launcher cannot read
+    thousands); the job finds the rest, annotates them without captions, and fails."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pipelines import annotate as job
+
+    extract, emb, *_ = planted_inputs
+    copy = tmp_path / "extract"
+    shutil.copytree(extract, copy)
+    second = sorted((copy / "extract" / "figures").glob("*.parquet"))[1]
+    table = pq.read_table(second)
+    pq.write_table(table.slice(10), second)  # its first ten figures are gone
+    monkeypatch.setattr(job, "KEY_CHECK_FILES", 1)  # the launcher reads the first file only
+    code, err = cli(["--input", copy, "--embeddings", emb, "--output", tmp_path / "o"], capsys)
+    assert code == 1 and err.strip().splitlines()[-1].endswith(
+        "10 embedded samples are not in the figure files of --input (annotated without "
+        "caption votes or thumbnails); pass as --input the extract output that embed read"
+    )
+    written = json.loads((tmp_path / "o" / "run_report.json").read_text())
+    assert written["stages"]["annotate"]["no_figure_row"] == 10 and written["balanced"]

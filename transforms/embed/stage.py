@@ -5,9 +5,10 @@
         | one embeddings file per figure file, in its row order
 
 Every figure row read ends as one embeddings row or one dead letter (stage "embed"); a
-figure file, or a row group of one, that cannot be read is one dead letter keyed by the
-file (`unit_unreadable`), counted as one input. `embed_model.json` is written once every
-embeddings file is in place.
+figure file that cannot be opened is one dead letter keyed by the file (`unit_unreadable`),
+counted as one input; a row group that cannot be read is one such dead letter per row,
+keyed by its key (or `<file>#<row>` where even the key column does not read).
+`embed_model.json` is written once every embeddings file is in place.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms import storage
 from transforms.embed import files
+from transforms.embed.files import STAGE
 from transforms.embed.handlers import INFERENCE_FAILED, EmbedHandler
 from transforms.outcomes import DEAD, dead
 
-STAGE = "embed"  # pipelines.embed says it too (without importing this module)
 UNIT_UNREADABLE = "unit_unreadable"
 MARKERS = "files"  # tag: a figure file that opened, so an embeddings file is due
 IN = "in"  # tag: one per input counted (rows read, unreadable parts)
@@ -37,9 +38,11 @@ class _ReadFigureFile(beam.DoFn):
         for item in files.read_rows(uri):
             if isinstance(item, files.Unreadable):
                 yield beam.pvalue.TaggedOutput(IN, 1)
-                yield dead(STAGE, uri, UNIT_UNREADABLE, item.detail, uri)
-                if item.row_group is None:
+                if item.index is None:  # the whole file
+                    yield dead(STAGE, uri, UNIT_UNREADABLE, item.detail, uri)
                     return
+                key = item.key or f"{uri}#{item.index}"
+                yield dead(STAGE, key, UNIT_UNREADABLE, f"row {item.index}: {item.detail}", uri)
                 continue
             if not opened:
                 opened = True

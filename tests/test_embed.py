@@ -699,19 +699,13 @@ def test_pipeline_inference_failure_dead_letters_only_that_figure(sample_extract
     assert reasons == {keys[1]: "inference_failed", keys[4]: "embedding_not_finite"}
 
 
-def _failing_handler():
-    """A handler whose whole batch raises past the per-example retry: RunInference's own
-    exception net catches it."""
-    from transforms.embed.handlers import EmbedHandler
+def test_pipeline_a_whole_failed_batch_is_dead_lettered(sample_extract, tmp_path, monkeypatch):
+    from transforms.embed import handlers
 
-    class Failing(EmbedHandler):
-        def run_inference(self, batch, model, inference_args=None):
-            raise MemoryError("out of memory in the forward pass")
+    def fail(model, batch):  # past embed_batch's per-example nets
+        raise MemoryError("out of memory in the forward pass")
 
-    return Failing("pixels", None, batch_size=2)
-
-
-def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tmp_path):
+    monkeypatch.setattr(handlers, "embed_batch", fail)
     figures = sorted((sample_extract / "extract" / "figures").glob("*.parquet"))
     folder = tmp_path / "in" / "extract" / "figures"
     folder.mkdir(parents=True)
@@ -719,7 +713,7 @@ def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tm
     pq.write_table(table, folder / figures[0].name)
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--allow_empty"]
-    report = _run_embed(argv, _failing_handler())
+    report = _run_embed(argv)
     assert report["balanced"] and report["stages"]["embed"]["out"] == 0
     dead = read_dead_letters(out)
     assert sorted(d["key"] for d in dead) == sorted(table.column("key").to_pylist())

@@ -11,7 +11,9 @@ reason the example has none. A batch never fails as a whole because of one examp
   says more than `max_pixels` is `image_too_large` (never decoded);
 - a forward pass that raises is retried one example at a time, so only the example that
   makes it fail is `inference_failed`;
-- a vector with a NaN or infinity (or all zeros) is `embedding_not_finite`.
+- a vector with a NaN or infinity (or all zeros) is `embedding_not_finite`;
+- anything else that fails the batch (a bug past these nets) makes each of its examples
+  `inference_failed`, so RunInference needs no exception net of its own.
 """
 
 from __future__ import annotations
@@ -151,7 +153,10 @@ class EmbedHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[tuple], model: Embedder, inference_args: dict | None = None
     ) -> Iterable[Embedded]:
-        return embed_batch(model, batch)
+        try:
+            return embed_batch(model, batch)
+        except Exception as err:  # a whole batch lost: each example says why, the run goes on
+            return [Embedded(reason=INFERENCE_FAILED, detail=_why(err)) for _ in batch]
 
     def batch_elements_kwargs(self):
         # Full batches (a short one only at a bundle's end): each pass runs on batch_size

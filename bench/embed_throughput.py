@@ -46,6 +46,7 @@ def _extract(articles: int, side: int, folder: Path) -> Path:
 def _loop(source: Path, model: str, weights, batch: int, out: Path) -> dict:
     import pyarrow.parquet as pq
 
+    from transforms import sinks
     from transforms.embed import files
     from transforms.embed.handlers import embed_batch
     from transforms.embed.models import load_embedder
@@ -55,7 +56,8 @@ def _loop(source: Path, model: str, weights, batch: int, out: Path) -> dict:
     images = 0
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted((source / "extract" / "figures").glob("*.parquet")):
-        table = pq.read_table(path, columns=["key", "image", "caption"]).to_pydict()
+        (table,) = sinks.read_parquet(str(path), columns=list(files.COLUMNS))
+        table = table.to_pydict()
         rows = []
         for start in range(0, len(table["key"]), batch):
             chunk = slice(start, start + batch)
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--models", default=",".join(m for m, _ in MODELS))
     parser.add_argument("--runs", type=int, default=3, help="alternated runs of each; best")
+    parser.add_argument("--keep", help="keep the generated extract output in this folder")
     args = parser.parse_args()
 
     from transforms.embed.torch_shim import ensure_torchvision
@@ -121,9 +124,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         folder = Path(tmp)
-        source = (
-            Path(args.input) if args.input else _extract(args.articles, args.image_side, folder)
-        )
+        if args.input:
+            source = Path(args.input)
+        else:
+            source = _extract(args.articles, args.image_side, Path(args.keep or tmp))
         results = {"torch_threads": torch.get_num_threads(), "batch_size": args.batch_size}
         wanted = args.models.split(",")
         for model, weights in MODELS:

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options, Set
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import EmbedOptions, ExtractOptions, InputOptions, RunOptions
+from pipelines.options import EmbedOptions, InputOptions, RunOptions
 from pipelines.runner import (
     REPORT,
     main_of,
@@ -32,10 +32,11 @@ from pipelines.runner import (
 from pipelines.shard import figure_files, nothing_selected
 from transforms import report, run_lock, storage
 from transforms.embed import files, models
+from transforms.embed.files import STAGE
 from transforms.outcomes import DEAD
+from transforms.shard.write_shards import count_rows
 from transforms.sinks import WriteDeadLetters
 
-STAGE = "embed"
 OUTPUT_PARTS = [files.EMBEDDINGS_DIR, "dead_letter", files.MODEL_FILE]
 EMBED_STAGES = {STAGE: ("out", "dead_letter")}
 
@@ -62,12 +63,14 @@ def figure_inputs(source: str, allow_empty: bool) -> list[str]:
     return uris
 
 
-def handler_of(options: PipelineOptions):
+def handler_of(options: PipelineOptions, max_pixels: int = models.MAX_PIXELS):
     """The model handler --model/--weights/--device/--batch_size name; flag problems are
     UsageErrors (one line, before any work)."""
     embed = options.view_as(EmbedOptions)
     if embed.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, not {embed.batch_size}")
+    if max_pixels < 1:
+        raise UsageError(f"--max_pixels must be at least 1, not {max_pixels}")
     s3 = storage.S3Config(endpoint_url=options.view_as(S3Options).s3_endpoint_url or None)
     try:
         spec = models.parse_model(embed.model)
@@ -87,7 +90,18 @@ def handler_of(options: PipelineOptions):
     # errors do without.
     from transforms.embed.handlers import EmbedHandler
 
-    return EmbedHandler(embed.model, weights.given, embed.device, embed.batch_size, s3)
+    return EmbedHandler(
+        embed.model, weights.given, embed.device, embed.batch_size, s3, max_pixels=max_pixels
+    )
+
+
+def fingerprint_of(handler) -> str:
+    """embed_model.json's weights_fingerprint (models.weights_fingerprint), before any work:
+    a checkpoint that cannot be read is a flag problem."""
+    try:
+        return models.weights_fingerprint(handler.model, handler.weights, handler.s3)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--weights {handler.weights}: cannot be read ({err})") from None
 
 
 def build(
@@ -97,15 +111,18 @@ def build(
     output: str,
     handler,
     guard: run_lock.Guard | None = None,
+    fingerprint: str = "",
 ) -> None:
-    """Wire the stage, its dead letters and the run report (`handler`: an EmbedHandler)."""
+    """Wire the stage, its dead letters and the run report (`handler`: an EmbedHandler;
+    `fingerprint`: its weights_fingerprint)."""
     from transforms.embed.stage import EmbedFigures
 
     random = handler.weights == "none" and handler.model != "pixels"
+    extra = {"weights_fingerprint": fingerprint}
     stage = (
         p
         | "FigureFiles" >> beam.Create(uris)
-        | "EmbedStage" >> EmbedFigures(output, handler, source, guard)
+        | "EmbedStage" >> EmbedFigures(output, handler, source, guard, extra)
     )
     stage[DEAD] | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"), guard=guard)
     counts = (
@@ -122,6 +139,8 @@ def build(
             "model": handler.model,
             "weights": handler.weights,
             "random_weights": random,
+            "weights_fingerprint": fingerprint,
+            "max_pixels": handler.max_pixels,
             "batch_size": handler.batch_size,
             "device": handler.device,
             "figure_files": len(uris),
@@ -138,7 +157,7 @@ def run(argv=None, test_pipeline=None, handler=None) -> dict:
     """Run the embed pipeline; returns the run report (also printed). `handler` (tests)
     replaces the one the flags name."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    flags.parse("embed", argv, __doc__)
+    given = flags.parse("embed", argv, __doc__)  # allow_empty, max_pixels: not Beam's
     options = PipelineOptions(argv)
     opts = options.view_as(RunOptions)
     source = options.view_as(InputOptions).input
@@ -146,18 +165,18 @@ def run(argv=None, test_pipeline=None, handler=None) -> dict:
         raise UsageError("--input and --output are required")
     refuse_overlap(opts.output, input=source)
     options.view_as(SetupOptions).save_main_session = False
-    handler = handler or handler_of(options)
-    uris = figure_inputs(source, options.view_as(ExtractOptions).allow_empty)
+    handler = handler or handler_of(options, given.max_pixels)
+    fingerprint = fingerprint_of(handler)
+    uris = figure_inputs(source, given.allow_empty)
     p = make_pipeline(options, test_pipeline)
     run_id = run_lock.new_run_id()
     guard = run_lock.Guard(opts.output, run_id)
-    build(p, uris, source, opts.output, handler, guard)
+    build(p, uris, source, opts.output, handler, guard, fingerprint)
     with output_lock(opts.output, run_id) as lock:
         prepare_output(opts.output, REPORT, opts.overwrite, OUTPUT_PARTS)
-        shown = progress(opts.log_level, "embed", ["figures"])
+        shown = progress(opts.log_level, "embed", ["figures"], count_rows(uris))
         result = run_and_report(p, opts.output, time.time(), [], lock, shown)
-    allow_empty = options.view_as(ExtractOptions).allow_empty
-    return nothing_selected(result, STAGE, "no figure was embedded", allow_empty)
+    return nothing_selected(result, STAGE, "no figure was embedded", given.allow_empty)
 
 
 main = main_of(run, "embed")

@@ -93,7 +93,8 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--weights",
             help="open_clip/timm weights: a checkpoint path or gs:// / s3:// URI, "
-            "hf-hub:<org/name>, or none (random: for tests only)",
+            "hf-hub:<org/name>, or none (random, from a fixed seed: for tests only) "
+            "(default: none for --model pixels; open_clip and timm need it given)",
         )
         group.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
         group.add_argument(
@@ -114,6 +115,22 @@ class AllowEmpty:
             "--allow_empty",
             action="store_true",
             help="a run that writes no sample ends with status 0 (it is an error otherwise)",
+        )
+
+
+class MaxPixels:
+    """embed takes extract's --max_pixels (defined once, by ExtractArticles): same meaning,
+    same default; read from the namespace pipelines.options.parse returns."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        from transforms.images.checks import MAX_PIXELS
+
+        parser.add_argument_group("image bound").add_argument(
+            "--max_pixels",
+            type=int,
+            default=MAX_PIXELS,
+            help="decompression-bomb bound: larger images are image_too_large, undecoded",
         )
 
 
@@ -161,7 +178,7 @@ OPTIONS_OF = {
     "extract": (ExtractOptions, RunOptions),
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
-    "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty),
+    "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty, MaxPixels),
     "annotate": (InputOptions, AnnotateOptions, RunOptions, AllowEmpty),
 }
 

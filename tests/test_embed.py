@@ -3,12 +3,16 @@ hf-hub offline), the RunInference handler's errors as data, and the pipeline end
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +246,8 @@ def test_a_gs_checkpoint_is_copied_and_loaded(tmp_path, few_images, no_credentia
         with pytest.raises(ValueError, match="no such object"):
             models.check_weights(models.parse_weights(spec, "gs://weights/models/absent.pt"))
         loaded = models.load_embedder("timm:test_vit", "gs://weights/models/vit.pt", "cpu", 4)
+        fingerprint = models.weights_fingerprint("timm:test_vit", "gs://weights/models/vit.pt")
+    assert fingerprint == "sha256:" + hashlib.sha256(buffer.getvalue()).hexdigest()
     assert not loaded.random_weights
     assert np.array_equal(loaded.embed_images(few_images), vit.embed_images(few_images))
 
@@ -332,6 +338,114 @@ def test_hf_hub_weights_from_an_offline_cache(tmp_path):
     assert got["absent"] != "loaded"
 
 
+def test_random_weights_are_one_model_in_every_process_and_leave_torch_rng_alone(
+    tmp_path, clip_random, few_images
+):
+    import torch
+
+    paths = []
+    for i, data in enumerate(few_images):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Path(paths[-1]).write_bytes(data)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    vit = models.load_embedder("timm:test_vit", "none", "cpu", batch_size=2)
+    again = models.load_embedder("timm:test_vit", "none", "cpu", batch_size=2)
+    assert torch.equal(torch.rand(3), expected_next)  # loading drew nothing from it
+    here = {
+        "open_clip:ViT-S-32": clip_random.embed_images(few_images).tobytes()
+        + clip_random.embed_texts(["a western blot"]).tobytes(),
+        "timm:test_vit": vit.embed_images(few_images).tobytes(),
+    }
+    assert again.embed_images(few_images).tobytes() == here["timm:test_vit"]
+    done = _child(
+        f"""
+        import hashlib, json
+        from transforms.embed import models
+        images = [open(p, "rb").read() for p in {paths!r}]
+        clip = models.load_embedder("open_clip:ViT-S-32", "none", "cpu", batch_size=2)
+        vit = models.load_embedder("timm:test_vit", "none", "cpu", batch_size=2)
+        print(json.dumps({{
+            "open_clip:ViT-S-32": hashlib.sha256(clip.embed_images(images).tobytes()
+                + clip.embed_texts(["a western blot"]).tobytes()).hexdigest(),
+            "timm:test_vit": hashlib.sha256(vit.embed_images(images).tobytes()).hexdigest(),
+        }}))
+        """
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert there == {model: hashlib.sha256(data).hexdigest() for model, data in here.items()}
+
+
+def test_weights_fingerprint_names_the_exact_weights(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    assert models.weights_fingerprint("pixels", None) == "pixels-v1"
+    assert models.weights_fingerprint("timm:test_vit", "none") == "random:seed=0"
+    assert models.weights_fingerprint("open_clip:ViT-S-32", "None") == "random:seed=0"
+    checkpoint = tmp_path / "w.pt"
+    checkpoint.write_bytes(b"weights v1" * 1000)
+    first = models.weights_fingerprint("timm:test_vit", str(checkpoint))
+    assert first == "sha256:" + hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    checkpoint.write_bytes(b"weights v2" * 1000)
+    assert models.weights_fingerprint("timm:test_vit", str(checkpoint)) != first
+    # The hub: offline, the cache's refs/main says which commit a load reads.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub" / "models--lab--vit-test" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("ab" * 20)
+    assert models.weights_fingerprint("timm:x", "hf-hub:lab/vit-test") == (
+        "hf-hub:lab/vit-test@" + "ab" * 20
+    )
+    assert models.weights_fingerprint("timm:x", "hf-hub:lab/absent") == "hf-hub:lab/absent@unknown"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height (CRC fixed): nothing more to decode."""
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's data starts at byte 16
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(_jpeg(Image.new("RGB", (16, 16), (9, 9, 9))))
+    at = data.index(b"\xff\xc0")  # baseline SOF: length, precision, height, width
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_images_too_large_are_refused_from_the_header(clip_random):
+    from transforms.annotate.thumbnails import make_thumbnail
+    from transforms.embed.handlers import embed_batch
+    from transforms.images.bounds import ImageTooLarge
+
+    huge = [_png_claiming(12000, 12000), _jpeg_claiming(12000, 12000)]
+    assert [Image.open(io.BytesIO(d)).size for d in huge] == [(12000, 12000)] * 2
+    started = time.perf_counter()
+    for data in huge:
+        for refuse in (pixels.describe, clip_random.prepare, make_thumbnail):
+            with pytest.raises(ValueError, match=r"12000x12000 > 89478485 pixels") as caught:
+                refuse(data)
+            assert isinstance(caught.value, ImageTooLarge)
+            assert caught.value.reason == "image_too_large"
+    assert time.perf_counter() - started < 1.0  # refused unread (a decode takes seconds)
+    small = _jpeg(Image.new("RGB", (300, 200), (0, 90, 200)))
+    assert Image.open(io.BytesIO(make_thumbnail(small))).size == (160, 107)
+    with pytest.raises(ImageTooLarge, match="300x200 > 50000 pixels"):
+        make_thumbnail(small, max_pixels=50_000)
+    embedder = models.load_embedder("pixels", None, max_pixels=50_000)
+    results = embed_batch(
+        embedder, [(small, ""), (huge[0], ""), (_jpeg(Image.new("RGB", (90, 90))), "")]
+    )
+    assert [r.reason for r in results] == ["image_too_large", "image_too_large", ""]
+    assert results[0].detail == "300x200 > 50000 pixels"
+
+
 # ---- the handler: errors as data -----------------------------------------------------------
 
 
@@ -358,9 +472,10 @@ POISON = _jpeg(Image.new("RGB", (80, 60), (255, 0, 0)))
 NAN = _jpeg(Image.new("RGB", (80, 60), (0, 0, 255)))
 
 
-def exploding_loader(model, weights, device, batch_size, s3):
+def exploding_loader(model, weights, device, batch_size, s3, max_pixels=models.MAX_PIXELS):
     embedder = _Exploding(pixels.MODEL_ID, pixels.DIM, False, False, batch_size)
     embedder.poison, embedder.nan = POISON, NAN
+    embedder.max_pixels = max_pixels
     return embedder
 
 
@@ -450,6 +565,7 @@ def test_pipeline_pixels_end_to_end_and_deterministic(sample_extract, tmp_path):
         "dim": pixels.DIM,
         "caption": False,
         "input": str(sample_extract),
+        "weights_fingerprint": "pixels-v1",
     }
     _run_embed(
         ["--input", str(sample_extract), "--output", str(second), "--batch_size", "3"]
@@ -506,6 +622,61 @@ def test_pipeline_bad_images_and_unreadable_files_are_dead_letters(sample_extrac
     assert kept == [k for k in keys if k not in expected]
 
 
+def _damage(path: Path, group: int, columns: list[str]) -> None:
+    """Overwrite the column chunks of `columns` in row group `group` (pages unreadable)."""
+    metadata = pq.ParquetFile(path).metadata.row_group(group)
+    data = bytearray(path.read_bytes())
+    for i in range(metadata.num_columns):
+        chunk = metadata.column(i)
+        if chunk.path_in_schema in columns:
+            start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
+            start = start or chunk.data_page_offset
+            data[start : start + chunk.total_compressed_size] = (
+                b"\xff" * chunk.total_compressed_size
+            )
+    path.write_bytes(bytes(data))
+
+
+def test_pipeline_damaged_row_groups_count_every_figure_and_huge_images_are_refused(
+    sample_extract, tmp_path
+):
+    figures = sorted((sample_extract / "extract" / "figures").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in figures]).slice(0, 13)
+    images = table.column("image").to_pylist()
+    images[1] = _png_claiming(12000, 12000)
+    table = table.set_column(
+        table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
+    )
+    folder = tmp_path / "in" / "extract" / "figures"
+    folder.mkdir(parents=True)
+    names = [f"part-0000{i}-of-00003.parquet" for i in range(3)]
+    pq.write_table(table.slice(0, 3), folder / names[0])
+    pq.write_table(table.slice(3, 6), folder / names[1], row_group_size=2)
+    pq.write_table(table.slice(9, 4), folder / names[2], row_group_size=2)
+    _damage(folder / names[1], 1, ["image"])  # its keys still read
+    _damage(folder / names[2], 0, ["key", "image"])  # nothing of it reads
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--max_pixels", "100000000"]
+    report = _run_embed(argv)
+    stage = report["stages"]["embed"]
+    assert report["balanced"] and report["parameters"]["max_pixels"] == 100_000_000
+    assert (stage["in"], stage["out"], stage["dead_letter"]) == (13, 8, 5)
+    keys = table.column("key").to_pylist()
+    dead = {d["key"]: d for d in read_dead_letters(out)}
+    damaged = str(folder / names[2])
+    assert {k: d["reason"] for k, d in dead.items()} == {
+        keys[1]: "image_too_large",
+        keys[5]: "unit_unreadable",
+        keys[6]: "unit_unreadable",
+        f"{damaged}#0": "unit_unreadable",
+        f"{damaged}#1": "unit_unreadable",
+    }
+    assert dead[keys[1]]["detail"] == "row 1: 12000x12000 > 100000000 pixels"
+    assert dead[keys[5]]["detail"].startswith("row 2: row group 1 (rows 2-3): ")
+    assert [pq.read_table(out / "embeddings" / n).num_rows for n in names] == [2, 4, 2]
+    assert pq.read_table(out / "embeddings" / names[2]).column("key").to_pylist() == keys[11:]
+
+
 def test_pipeline_inference_failure_dead_letters_only_that_figure(sample_extract, tmp_path):
     from transforms.embed.handlers import EmbedHandler
 
@@ -528,19 +699,13 @@ def test_pipeline_inference_failure_dead_letters_only_that_figure(sample_extract
     assert reasons == {keys[1]: "inference_failed", keys[4]: "embedding_not_finite"}
 
 
-def _failing_handler():
-    """A handler whose whole batch raises past the per-example retry: RunInference's own
-    exception net catches it."""
-    from transforms.embed.handlers import EmbedHandler
+def test_pipeline_a_whole_failed_batch_is_dead_lettered(sample_extract, tmp_path, monkeypatch):
+    from transforms.embed import handlers
 
-    class Failing(EmbedHandler):
-        def run_inference(self, batch, model, inference_args=None):
-            raise MemoryError("out of memory in the forward pass")
+    def fail(model, batch):  # past embed_batch's per-example nets
+        raise MemoryError("out of memory in the forward pass")
 
-    return Failing("pixels", None, batch_size=2)
-
-
-def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tmp_path):
+    monkeypatch.setattr(handlers, "embed_batch", fail)
     figures = sorted((sample_extract / "extract" / "figures").glob("*.parquet"))
     folder = tmp_path / "in" / "extract" / "figures"
     folder.mkdir(parents=True)
@@ -548,7 +713,7 @@ def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tm
     pq.write_table(table, folder / figures[0].name)
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--allow_empty"]
-    report = _run_embed(argv, _failing_handler())
+    report = _run_embed(argv)
     assert report["balanced"] and report["stages"]["embed"]["out"] == 0
     dead = read_dead_letters(out)
     assert sorted(d["key"] for d in dead) == sorted(table.column("key").to_pylist())
@@ -557,23 +722,61 @@ def test_pipeline_runinference_exception_net_is_dead_lettered(sample_extract, tm
     assert pq.read_table(out / "embeddings" / figures[0].name).num_rows == 0
 
 
-def test_pipeline_open_clip_writes_caption_embeddings_and_flags_random(sample_extract, tmp_path):
+def _two_files_one_image(sample_extract: Path, folder: Path) -> list[str]:
+    """Two figure files; the second's first rows are the first's, under other keys."""
     figures = sorted((sample_extract / "extract" / "figures").glob("*.parquet"))
-    folder = tmp_path / "in" / "extract" / "figures"
+    table = pq.read_table(figures[0]).slice(0, 4)
+    copy = table.slice(0, 2)
+    copy = copy.set_column(
+        copy.schema.get_field_index("key"),
+        "key",
+        pa.array([f"copy_{k}" for k in copy.column("key").to_pylist()], pa.string()),
+    )
     folder.mkdir(parents=True)
-    pq.write_table(pq.read_table(figures[0]).slice(0, 4), folder / figures[0].name)
+    names = ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    pq.write_table(table, folder / names[0])
+    pq.write_table(copy, folder / names[1])
+    return names
+
+
+def test_pipeline_open_clip_writes_caption_embeddings_and_flags_random(sample_extract, tmp_path):
+    names = _two_files_one_image(sample_extract, tmp_path / "in" / "extract" / "figures")
     out = tmp_path / "out"
-    argv = ["--input", str(tmp_path / "in"), "--output", str(out)]
+    argv = ["--input", str(tmp_path / "in")]
     model = ["--model", "open_clip:ViT-S-32", "--weights", "none", "--batch_size", "2"]
-    report = _run_embed([*argv, *model])
-    assert report["balanced"] and report["stages"]["embed"]["out"] == 4
+    report = _run_embed([*argv, "--output", str(out), *model])
+    assert report["balanced"] and report["stages"]["embed"]["out"] == 6
     assert report["parameters"]["random_weights"] is True
-    assert _check_embeddings(tmp_path / "in", out, 384, "open_clip:ViT-S-32", True) == 4
+    assert report["parameters"]["weights_fingerprint"] == "random:seed=0"
+    assert _check_embeddings(tmp_path / "in", out, 384, "open_clip:ViT-S-32", True) == 6
     record = json.loads((out / "embed_model.json").read_text())
     assert record["random_weights"] is True and record["caption"] is True
     assert record["weights"] == "none" and record["model_id"] == "open_clip:ViT-S-32"
-    captions = pq.read_table(out / "embeddings" / figures[0].name).column("caption_embedding")
+    assert record["weights_fingerprint"] == "random:seed=0"
+    captions = pq.read_table(out / "embeddings" / names[0]).column("caption_embedding")
     assert np.allclose(np.linalg.norm(np.asarray(captions.to_pylist()), axis=1), 1, atol=1e-5)
+
+
+def test_pipeline_timm_random_weights_same_bytes_in_two_worker_processes(sample_extract, tmp_path):
+    names = _two_files_one_image(sample_extract, tmp_path / "in" / "extract" / "figures")
+    argv = ["--input", str(tmp_path / "in"), "--model", "timm:test_vit", "--weights", "none"]
+    argv += ["--batch_size", "2"]
+    parallel = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    for out, extra in (("a", []), ("b", parallel)):
+        report = _run_embed([*argv, "--output", str(tmp_path / out), *extra])
+        assert report["balanced"] and report["stages"]["embed"]["out"] == 6
+        assert report["parameters"]["weights_fingerprint"] == "random:seed=0"
+    # Two worker processes draw the same random weights as this one: the same bytes, and
+    # the same image in two figure files has one vector.
+    for name in names:
+        a, b = tmp_path / "a" / "embeddings" / name, tmp_path / "b" / "embeddings" / name
+        assert a.read_bytes() == b.read_bytes()
+        assert pq.read_table(a).column("model").to_pylist()[0] == "timm:test_vit"
+    vectors = [
+        pq.read_table(tmp_path / "b" / "embeddings" / n).column("image_embedding").to_pylist()
+        for n in names
+    ]
+    assert vectors[0][:2] == vectors[1][:2] and vectors[0][0] != vectors[0][2]
 
 
 def test_pipeline_on_real_pmc_figures(pmc_dir, tmp_path):
@@ -599,6 +802,7 @@ def test_usage_errors_are_one_line(sample_extract, tmp_path, capsys):
         (["--model", "timm:test_vit", "--weights", str(tmp_path / "no.pt")], 2, "no such file"),
         (["--model", "open_clip:Nope-32", "--weights", "none"], 2, "open_clip has no model"),
         (["--batch_size", "0"], 2, "--batch_size must be at least 1"),
+        (["--max_pixels", "0"], 2, "--max_pixels must be at least 1"),
         (["--device", "tpu"], 2, "invalid choice"),
     ]
     for extra, status, text in cases:
@@ -606,6 +810,11 @@ def test_usage_errors_are_one_line(sample_extract, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and text in err, err
     assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "image_too_large, undecoded (default: 89478485)" in shown
+    assert "(default: none for --model pixels;" in shown
 
 
 def test_no_figure_files_is_one_line_unless_allow_empty(tmp_path, capsys):

@@ -26,6 +26,7 @@ from transforms.annotate.caption_concepts import MULTIPLE, default_finder, panel
 from transforms.annotate.gallery import build_gallery
 from transforms.annotate.taxonomy import load_taxonomy
 from transforms.annotate.thumbnails import make_thumbnail, thumbnail_path
+from transforms.images.bounds import ImageTooLarge
 from transforms.outcomes import dead
 from transforms.records import ANNOTATION_SCHEMA
 from transforms.sinks import write_parquet
@@ -317,10 +318,10 @@ class WriteThumbnails(beam.DoFn):
         for key, image in sorted(found.items()):
             try:
                 small = make_thumbnail(image)
-            except (ValueError, Image.DecompressionBombError) as err:  # over the pixel bound
+            except ImageTooLarge as err:  # over the pixel bound, said by its header
                 yield dead(GALLERY, key, TOO_LARGE, str(err), uri)
                 continue
-            except OSError as err:  # not an image PIL can decode
+            except (OSError, ValueError, Image.DecompressionBombError) as err:  # not decodable
                 yield dead(GALLERY, key, NO_THUMBNAIL, str(err), uri)
                 continue
             if self.guard is not None and made == 0:

@@ -11,6 +11,8 @@ import re
 
 from PIL import Image
 
+from transforms.images.bounds import MAX_PIXELS, check_pixels
+
 THUMBNAIL_SIDE = 160
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -21,10 +23,15 @@ def thumbnail_path(key: str) -> str:
     return f"thumbs/{_UNSAFE.sub('_', key)}.jpg"
 
 
-def make_thumbnail(image: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+def make_thumbnail(image: bytes, side: int = THUMBNAIL_SIDE, max_pixels: int = MAX_PIXELS) -> bytes:
     """A JPEG whose longer side is at most `side` pixels. JPEG draft mode decodes at a
-    fraction of the size, so a 5,000-pixel figure costs little more than a small one."""
+    fraction of the size, so a 5,000-pixel figure costs little more than a small one.
+
+    An image of more than `max_pixels` raises ImageTooLarge (transforms.images.bounds: a
+    ValueError, `.reason` "image_too_large", message "WxH > N pixels") from its header,
+    before decoding: a PNG has no draft mode, it would be decoded whole."""
     with Image.open(io.BytesIO(image)) as source:
+        check_pixels(source, max_pixels)
         source.draft("RGB", (side, side))
         small = source.convert("RGB")
         small.thumbnail((side, side), Image.Resampling.BILINEAR)

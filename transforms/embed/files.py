@@ -1,9 +1,10 @@
 """Figure files in, embeddings files out: the embed stage's file handling, Beam-free.
 
 A figure file (extract/figures/part-*.parquet) is read a row group at a time, only the
-columns the models need (key, image, caption). Its embeddings file has the same name, its
-rows in the figure file's row order (less the dead-lettered ones), schema
-`transforms.records.embedding_schema`.
+columns the models need (key, image, caption). A row group that cannot be read is one
+Unreadable per row (keyed where its key column alone still reads), so every figure counts.
+Its embeddings file has the same name, its rows in the figure file's row order (less the
+dead-lettered ones), schema `transforms.records.embedding_schema`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transforms import sinks, storage
 from transforms.records import embedding_schema
 from transforms.sinks import open_native
 
+STAGE = "embed"  # the stage's name in dead letters and the run report
 COLUMNS = ("key", "image", "caption")
 EMBEDDINGS_DIR = "embeddings"
 MODEL_FILE = "embed_model.json"
@@ -39,11 +41,14 @@ class FigureRow:
 
 @dataclass(frozen=True)
 class Unreadable:
-    """Part of a figure file that could not be read (the whole file: row_group None)."""
+    """A figure file that could not be read (row_group None: the whole file, one input), or
+    one row of a row group that could not (index set; key where the key column read)."""
 
     file: str
     detail: str
     row_group: int | None = None
+    index: int | None = None
+    key: str | None = None
 
 
 def embeddings_name(figure_file: str) -> str:
@@ -62,12 +67,12 @@ def _tried(action, tries: int = READ_TRIES, pause: float = 0.2):
 
 
 def read_rows(uri: str) -> Iterator[FigureRow | Unreadable]:
-    """Rows of a figure file in order, a row group at a time; what cannot be read (after
-    READ_TRIES attempts) comes as an Unreadable in its place. A file that does not open
-    yields only one Unreadable (and no row)."""
+    """Rows of a figure file in order, a row group at a time; a row group that cannot be
+    read (after READ_TRIES attempts) comes as one Unreadable per row in its place. A file
+    that does not open yields only one Unreadable (and no row)."""
     try:
         source = _tried(lambda: open_native(uri))
-        reader = _tried(lambda: pq.ParquetFile(source))
+        reader = _tried(lambda: pq.ParquetFile(source, pre_buffer=False))
     except Exception as err:
         yield Unreadable(uri, f"{type(err).__name__}: {err}")
         return
@@ -85,7 +90,9 @@ def read_rows(uri: str) -> Iterator[FigureRow | Unreadable]:
             except Exception as err:
                 last = start + rows - 1
                 detail = f"row group {group} (rows {start}-{last}): {type(err).__name__}: {err}"
-                yield Unreadable(uri, detail, group)
+                keys = _group_keys(reader, group, rows)
+                for i in range(rows):
+                    yield Unreadable(uri, detail, group, start + i, keys[i])
                 start += rows
                 continue
             data = table.to_pydict()
@@ -96,6 +103,17 @@ def read_rows(uri: str) -> Iterator[FigureRow | Unreadable]:
     finally:
         if not isinstance(source, str):
             source.close()
+
+
+def _group_keys(reader: pq.ParquetFile, group: int, rows: int) -> list[str | None]:
+    """The keys of a row group that did not read whole: its key column alone, if that
+    reads (the damage is elsewhere), else None for each row."""
+    try:
+        keys = _tried(lambda: reader.read_row_group(group, columns=["key"]))
+        keys = keys.column("key").to_pylist()
+    except Exception:
+        return [None] * rows
+    return keys if len(keys) == rows else [None] * rows
 
 
 def embeddings_table(

@@ -7,10 +7,13 @@ example's key travels with its result.
 
 An example is `(image bytes, caption)`; a result is an `Embedded`: the vectors, or the
 reason the example has none. A batch never fails as a whole because of one example:
-- an image that does not decode is `image_undecodable` (the others go on);
+- an image that does not decode is `image_undecodable` (the others go on), one whose header
+  says more than `max_pixels` is `image_too_large` (never decoded);
 - a forward pass that raises is retried one example at a time, so only the example that
   makes it fail is `inference_failed`;
-- a vector with a NaN or infinity (or all zeros) is `embedding_not_finite`.
+- a vector with a NaN or infinity (or all zeros) is `embedding_not_finite`;
+- anything else that fails the batch (a bug past these nets) makes each of its examples
+  `inference_failed`, so RunInference needs no exception net of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from transforms import progress, storage
 from transforms.embed.models import DEFAULT_BATCH, Embedder, finite_rows, load_embedder
+from transforms.images.bounds import IMAGE_TOO_LARGE, MAX_PIXELS, ImageTooLarge
 
 IMAGE_UNDECODABLE = "image_undecodable"
 INFERENCE_FAILED = "inference_failed"
@@ -59,6 +63,8 @@ def embed_batch(model: Embedder, batch: Sequence[tuple]) -> list[Embedded]:
         try:
             prepared.append(model.prepare(image))
             ready.append(i)
+        except ImageTooLarge as err:
+            results[i] = Embedded(reason=IMAGE_TOO_LARGE, detail=str(err))
         except Exception as err:  # any decoder failure: this example only
             results[i] = Embedded(reason=IMAGE_UNDECODABLE, detail=_why(err))
     captions = [batch[i][1] or "" for i in ready]
@@ -114,7 +120,8 @@ def _join(parts: list) -> tuple:
 class EmbedHandler(ModelHandler):
     """RunInference's handler for `--model`/`--weights` (every backend).
 
-    `loader` (tests) replaces `load_embedder`, with the same arguments."""
+    `loader` (tests) replaces `load_embedder`, with the same arguments (max_pixels by
+    keyword)."""
 
     def __init__(
         self,
@@ -124,21 +131,32 @@ class EmbedHandler(ModelHandler):
         batch_size: int = DEFAULT_BATCH,
         s3: storage.S3Config = storage.S3Config(),
         loader=None,
+        max_pixels: int = MAX_PIXELS,
     ):
         super().__init__()
         self.model, self.weights, self.device = model, weights, device
         self.batch_size, self.s3 = max(1, int(batch_size)), s3
-        self.loader = loader
+        self.loader, self.max_pixels = loader, max_pixels
 
     def load_model(self) -> Embedder:
         # Heavy: runs on the worker, once per process (RunInference's shared model).
         load = self.loader or load_embedder
-        return load(self.model, self.weights, self.device, self.batch_size, self.s3)
+        return load(
+            self.model,
+            self.weights,
+            self.device,
+            self.batch_size,
+            self.s3,
+            max_pixels=self.max_pixels,
+        )
 
     def run_inference(
         self, batch: Sequence[tuple], model: Embedder, inference_args: dict | None = None
     ) -> Iterable[Embedded]:
-        return embed_batch(model, batch)
+        try:
+            return embed_batch(model, batch)
+        except Exception as err:  # a whole batch lost: each example says why, the run goes on
+            return [Embedded(reason=INFERENCE_FAILED, detail=_why(err)) for _ in batch]
 
     def batch_elements_kwargs(self):
         # Full batches (a short one only at a bundle's end): each pass runs on batch_size

@@ -16,11 +16,23 @@ bits) on how many rows the call holds, not on what the other rows are. So every 
 pass runs on exactly `batch_size` rows (a short batch is padded with blank rows): an
 image's embedding is then the same whichever images share its batch, and the embed
 stage's files are byte-identical however the runner cuts its bundles (same hardware,
-torch build and thread count).
+torch build and thread count). Random weights (`--weights none`) are drawn from a fixed
+seed (RANDOM_SEED, in a forked RNG: torch's global state is left as it was), so every
+worker process, and every run, has the same model.
+
+`weights_fingerprint(model, weights)` names the exact weights (embed_model.json records it,
+annotate compares it before reusing a clustering model):
+
+    pixels                  pixels-v1
+    a checkpoint            sha256:<hex of the checkpoint file's bytes>
+    hf-hub:<org/name>       hf-hub:<org/name>@<resolved commit, or unknown>
+    none                    random:seed=<RANDOM_SEED>
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -30,6 +42,7 @@ import numpy as np
 
 from transforms import storage
 from transforms.embed import pixels
+from transforms.images.bounds import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,8 @@ MODEL_FORMS = (
 )
 WEIGHT_FORMS = "a checkpoint path or gs:// / s3:// URI, hf-hub:<org/name>, or none (random weights)"
 DEFAULT_BATCH = 32
+RANDOM_SEED = 0  # --weights none: every process draws the same random weights
+HUB_LOOKUP_TIMEOUT = 10.0  # seconds for asking the hub which commit a repository is at
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,67 @@ def check_architecture(spec: ModelSpec, weights: WeightsSpec) -> None:
         raise ValueError(f"--model {spec.given}: {spec.backend} has no model {spec.name!r}{hint}")
 
 
+def weights_fingerprint(model: str, weights: str | None, s3=storage.S3Config()) -> str:
+    """What exactly --weights names, as one string (see the module doc). A checkpoint is
+    read once, whole, to hash it (the launcher does this before the job)."""
+    spec = parse_model(model)
+    wspec = parse_weights(spec, weights)
+    if spec.backend == "pixels":
+        return pixels.MODEL_ID
+    if wspec.random:
+        return f"random:seed={RANDOM_SEED}"
+    if wspec.kind == "hf-hub":
+        return f"hf-hub:{wspec.value}@{hub_commit(wspec.value)}"
+    digest = hashlib.sha256()
+    if wspec.kind == "path":
+        with open(wspec.value, "rb") as source:
+            while chunk := source.read(1 << 24):
+                digest.update(chunk)
+    else:
+        with storage.open_stream(wspec.value, s3) as source:
+            while chunk := source.read(1 << 24):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def hub_commit(repo: str) -> str:
+    """The commit a hub repository's main branch is at: the hub's answer (unless
+    HF_HUB_OFFLINE), else the local cache's refs/main (what an offline load reads), else
+    "unknown"."""
+    try:
+        from huggingface_hub import HfApi, constants
+    except ImportError:
+        return "unknown"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            sha = HfApi().model_info(repo, timeout=HUB_LOOKUP_TIMEOUT).sha
+            if sha:
+                return sha
+        except Exception as err:  # no network, no such repository: the cache may know
+            log.info("hf-hub:%s: the hub did not say its commit (%s)", repo, err)
+    folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+    try:
+        with open(os.path.join(folder, "refs", "main")) as ref:
+            return ref.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _seeded(random: bool, device: str):
+    """Random initialisation from RANDOM_SEED in a forked RNG (torch's global state, and
+    the caller's draws, stay as they were); nothing for loaded weights."""
+    if not random:
+        yield
+        return
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if device == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(RANDOM_SEED)
+        yield
+
+
 def resolve_device(device: str) -> str:
     """auto: a GPU where torch sees one, else the CPU."""
     if device not in ("auto", "cpu", "cuda"):
@@ -181,6 +257,7 @@ class Embedder:
     spec: ModelSpec | None = None
     weights: WeightsSpec | None = None
     info: dict = field(default_factory=dict)
+    max_pixels: int = MAX_PIXELS  # larger images are refused from their header, undecoded
 
     def prepare(self, data: bytes):
         raise NotImplementedError
@@ -200,7 +277,7 @@ class Embedder:
 
     def embed_images(self, images: list[bytes]) -> np.ndarray:
         """(n, dim) float32, L2-normalised. ValueError naming the first image that does not
-        decode."""
+        decode (or is larger than max_pixels)."""
         prepared = []
         for i, data in enumerate(images):
             try:
@@ -242,7 +319,7 @@ class PixelsEmbedder(Embedder):
     """pixels-v1: one image at a time, nothing to batch (and nothing batch-dependent)."""
 
     def prepare(self, data: bytes):
-        return pixels.describe(data)
+        return pixels.describe(data, self.max_pixels)
 
     def _forward_images(self, prepared: list) -> np.ndarray:
         return np.stack(prepared)
@@ -260,7 +337,8 @@ class TorchEmbedder(Embedder):
     def prepare(self, data: bytes):
         # Decode no smaller than twice the model's input (JPEG draft mode): the model's own
         # resize then still starts from a larger image, at a fraction of a full decode.
-        image = pixels.decode(data, draft=(2 * self.input_side, 2 * self.input_side))
+        side = 2 * self.input_side
+        image = pixels.decode(data, draft=(side, side), max_pixels=self.max_pixels)
         return self.transform(image)
 
     def _padded(self, tensors: list):
@@ -391,8 +469,10 @@ def load_embedder(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     s3: storage.S3Config = storage.S3Config(),
+    max_pixels: int = MAX_PIXELS,
 ) -> Embedder:
-    """The model `--model`/`--weights` name, ready to embed (see the module doc).
+    """The model `--model`/`--weights` name, ready to embed (see the module doc); images of
+    more than `max_pixels` are refused undecoded (ImageTooLarge, a ValueError).
 
     ValueError for a model or weights that are not valid forms; FileNotFoundError or
     storage errors for a checkpoint that cannot be read; RuntimeError from the libraries for
@@ -401,9 +481,11 @@ def load_embedder(
     wspec = parse_weights(spec, weights)
     batch_size = max(1, int(batch_size))
     if spec.backend == "pixels":
-        return PixelsEmbedder(
+        embedder = PixelsEmbedder(
             pixels.MODEL_ID, pixels.DIM, False, False, batch_size, "cpu", spec, wspec
         )
+        embedder.max_pixels = max_pixels
+        return embedder
     where = resolve_device(device)
     if wspec.random:
         log.warning(
@@ -418,10 +500,12 @@ def load_embedder(
         if wspec.kind in ("path", "uri"):
             checkpoint = _local_checkpoint(wspec, s3, folder)
         loader = _load_open_clip if spec.backend == "open_clip" else _load_timm
-        module, transform, tokenizer, side, dim = loader(spec, wspec, where, checkpoint)
+        with _seeded(wspec.random, where):
+            module, transform, tokenizer, side, dim = loader(spec, wspec, where, checkpoint)
     embedder = TorchEmbedder(
         spec.model_id, dim, spec.has_text, wspec.random, batch_size, where, spec, wspec
     )
+    embedder.max_pixels = max_pixels
     embedder.module, embedder.transform, embedder.tokenizer = module, transform, tokenizer
     embedder.input_side = side
     embedder.dtype = torch.float16 if where == "cuda" else torch.float32

@@ -28,6 +28,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from transforms.images.bounds import MAX_PIXELS, check_pixels
+
 MODEL_ID = "pixels-v1"
 SIDE = 64  # the square colour is measured on
 FINE = 128  # the square edges and strokes are measured on (thin lines survive)
@@ -49,14 +51,18 @@ WEIGHTS = {
 }
 
 
-def decode(data: bytes, draft: tuple[int, int] = _DRAFT) -> Image.Image:
+def decode(
+    data: bytes, draft: tuple[int, int] = _DRAFT, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """The image as RGB, decoded no larger than needed (JPEG: scaled while decoding).
 
-    Raises (PIL's UnidentifiedImageError, OSError for truncated data, ValueError for no
-    bytes) on anything that is not a whole image."""
+    Raises ImageTooLarge (transforms.images.bounds) for more than `max_pixels`, from the
+    header, before decoding; PIL's UnidentifiedImageError, OSError for truncated data,
+    ValueError for no bytes, on anything that is not a whole image."""
     if not data:
         raise ValueError("no image bytes")
     image = Image.open(io.BytesIO(data))
+    check_pixels(image, max_pixels)
     if image.format == "JPEG":
         image.draft("RGB", draft)
     image.load()  # a truncated file fails here, not later
@@ -213,6 +219,6 @@ def describe_image(image: Image.Image) -> np.ndarray:
     return describe_array(np.asarray(square, dtype=np.uint8), np.asarray(fine, dtype=np.uint8))
 
 
-def describe(data: bytes) -> np.ndarray:
+def describe(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The pixels-v1 vector (DIM float32, unit norm) of encoded image bytes."""
-    return describe_image(decode(data))
+    return describe_image(decode(data, max_pixels=max_pixels))

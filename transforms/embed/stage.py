@@ -5,9 +5,10 @@
         | one embeddings file per figure file, in its row order
 
 Every figure row read ends as one embeddings row or one dead letter (stage "embed"); a
-figure file, or a row group of one, that cannot be read is one dead letter keyed by the
-file (`unit_unreadable`), counted as one input. `embed_model.json` is written once every
-embeddings file is in place.
+figure file that cannot be opened is one dead letter keyed by the file (`unit_unreadable`),
+counted as one input; a row group that cannot be read is one such dead letter per row,
+keyed by its key (or `<file>#<row>` where even the key column does not read).
+`embed_model.json` is written once every embeddings file is in place.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from transforms import storage
 from transforms.embed import files
-from transforms.embed.handlers import INFERENCE_FAILED, EmbedHandler
+from transforms.embed.files import STAGE
+from transforms.embed.handlers import EmbedHandler
 from transforms.outcomes import DEAD, dead
 
-STAGE = "embed"  # pipelines.embed says it too (without importing this module)
 UNIT_UNREADABLE = "unit_unreadable"
 MARKERS = "files"  # tag: a figure file that opened, so an embeddings file is due
 IN = "in"  # tag: one per input counted (rows read, unreadable parts)
@@ -37,9 +38,11 @@ class _ReadFigureFile(beam.DoFn):
         for item in files.read_rows(uri):
             if isinstance(item, files.Unreadable):
                 yield beam.pvalue.TaggedOutput(IN, 1)
-                yield dead(STAGE, uri, UNIT_UNREADABLE, item.detail, uri)
-                if item.row_group is None:
+                if item.index is None:  # the whole file
+                    yield dead(STAGE, uri, UNIT_UNREADABLE, item.detail, uri)
                     return
+                key = item.key or f"{uri}#{item.index}"
+                yield dead(STAGE, key, UNIT_UNREADABLE, f"row {item.index}: {item.detail}", uri)
                 continue
             if not opened:
                 opened = True
@@ -60,21 +63,6 @@ def _split(result):
         yield dead(STAGE, key or f"{uri}#{row}", embedded.reason, detail, uri)
 
 
-def _failed_batch(failure):
-    """What RunInference's own exception net caught (a batch it could not run at all):
-    each of its examples is a dead letter."""
-    batch, error = failure
-    batch = batch if isinstance(batch, (list, tuple)) else [batch]
-    text = error[1] if isinstance(error, tuple) and len(error) > 1 else error
-    for item in batch:
-        try:
-            (uri, row, key), _ = item
-        except (TypeError, ValueError):
-            uri, row, key = "", 0, ""
-        letter = dead(STAGE, key or f"{uri}#{row}", INFERENCE_FAILED, f"row {row}: {text}", uri)
-        yield letter.value  # the record itself: this step has no other output
-
-
 class _WriteEmbeddings(beam.DoFn):
     def __init__(self, directory: str, guard=None):
         self.directory, self.guard = directory, guard
@@ -90,6 +78,24 @@ class _WriteEmbeddings(beam.DoFn):
 def _shape(result) -> list[tuple[int, bool]]:
     _, embedded = result
     return [(len(embedded.image), embedded.caption is not None)] if embedded.ok else []
+
+
+class _Shapes(beam.CombineFn):
+    """The distinct (dim, caption) shapes of the results, sorted: one combine, where
+    Distinct and ToList would add a dozen steps (each costs every run set-up time)."""
+
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, shapes, result):
+        shapes.update(_shape(result))
+        return shapes
+
+    def merge_accumulators(self, accumulators):
+        return set().union(*accumulators)
+
+    def extract_output(self, shapes):
+        return sorted(shapes)
 
 
 def _describe(shapes: list, handler: EmbedHandler) -> dict:
@@ -138,18 +144,15 @@ class EmbedFigures(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(_ReadFigureFile()).with_outputs(IN, MARKERS, DEAD, main="rows")
         )
-        results, failures = (
-            read["rows"]
-            | "Embed" >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling()
-        )
+        # No with_exception_handling: the handler turns a failed batch into results itself
+        # (transforms.embed.handlers), and the net's extra steps cost every run.
+        results = read["rows"] | "Embed" >> RunInference(KeyedModelHandler(self.handler))
         split = results | "Split" >> beam.FlatMap(_split).with_output_types(
             typing.Any
         ).with_outputs(DEAD, main="vectors")
         info = beam.pvalue.AsSingleton(
             results
-            | "Shapes" >> beam.FlatMap(_shape)
-            | "Distinct" >> beam.Distinct()
-            | "AllShapes" >> beam.combiners.ToList()
+            | "Shapes" >> beam.CombineGlobally(_Shapes())
             | "Describe" >> beam.Map(_describe, handler=self.handler)
         )
         written = (
@@ -176,6 +179,5 @@ class EmbedFigures(beam.PTransform):
                 _write_model_file, info=info, output=self.output, record=record, guard=self.guard
             )
         )
-        lost = failures.failed_inferences | "LostBatches" >> beam.FlatMap(_failed_batch)
-        dead_letters = (read[DEAD], split[DEAD], lost) | "AllDead" >> beam.Flatten()
+        dead_letters = (read[DEAD], split[DEAD]) | "AllDead" >> beam.Flatten()
         return {"written": written, DEAD: dead_letters, "in": read[IN], "model": model}

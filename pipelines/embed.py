@@ -14,22 +14,23 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
-from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import EmbedOptions, InputOptions, RunOptions
+from pipelines.options import EmbedOptions
 from pipelines.runner import (
     REPORT,
+    figure_files,
+    figure_inputs,
+    job_options,
     main_of,
     make_pipeline,
+    nothing_selected,
     output_lock,
     prepare_output,
     progress,
-    refuse_overlap,
     run_and_report,
 )
-from pipelines.shard import figure_files, nothing_selected
 from transforms import report, run_lock, storage
 from transforms.embed import files, models
 from transforms.embed.files import STAGE
@@ -41,16 +42,12 @@ OUTPUT_PARTS = [files.EMBEDDINGS_DIR, "dead_letter", files.MODEL_FILE]
 EMBED_STAGES = {STAGE: ("out", "dead_letter")}
 
 
-def figure_inputs(source: str, allow_empty: bool) -> list[str]:
+def embed_inputs(source: str, allow_empty: bool) -> list[str]:
     """The figure files to embed, sorted. None is an error (an extract that found nothing
     new writes none) unless --allow_empty; two with one name would write one file."""
-    pattern = figure_files(source)
-    uris = sorted(f.uri for f in storage.glob(pattern))
-    if not uris and not allow_empty:
-        raise SystemExit(
-            f"no figure files at {pattern}: the input holds no figure sample (an extract that "
-            "found nothing new writes none); pass --allow_empty to write an empty output"
-        )
+    uris = sorted(
+        f.uri for f in figure_inputs(figure_files(source), allow_empty, "an empty output")
+    )
     seen: dict[str, str] = {}
     for uri in uris:
         name = files.embeddings_name(uri)
@@ -157,17 +154,11 @@ def run(argv=None, test_pipeline=None, handler=None) -> dict:
     """Run the embed pipeline; returns the run report (also printed). `handler` (tests)
     replaces the one the flags name."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = flags.parse("embed", argv, __doc__)  # allow_empty, max_pixels: not Beam's
-    options = PipelineOptions(argv)
-    opts = options.view_as(RunOptions)
-    source = options.view_as(InputOptions).input
-    if not source or not opts.output:
-        raise UsageError("--input and --output are required")
-    refuse_overlap(opts.output, input=source)
-    options.view_as(SetupOptions).save_main_session = False
+    # allow_empty, max_pixels: in the parsed flags (not Beam's)
+    given, options, opts, source = job_options("embed", argv, __doc__)
     handler = handler or handler_of(options, given.max_pixels)
     fingerprint = fingerprint_of(handler)
-    uris = figure_inputs(source, given.allow_empty)
+    uris = embed_inputs(source, given.allow_empty)
     p = make_pipeline(options, test_pipeline)
     run_id = run_lock.new_run_id()
     guard = run_lock.Guard(opts.output, run_id)

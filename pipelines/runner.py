@@ -9,9 +9,11 @@ import os
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
+from pipelines import options as options_of
 from pipelines.flags import UsageError, log_level
+from pipelines.options import InputOptions, RunOptions
 from transforms import progress as progress_lines
 from transforms import storage
 from transforms.run_lock import LockError, RunLock
@@ -77,6 +79,53 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 
 
 REPORT = "run_report.json"
+
+
+def figure_files(source: str) -> str:
+    """The Parquet glob of an extract output folder (or the glob itself)."""
+    if source.endswith(".parquet") or any(c in source for c in "*?"):
+        return source
+    return storage.join(source, "extract", "figures", "*.parquet")
+
+
+def figure_inputs(pattern: str, allow_empty: bool, empty: str) -> list[storage.FileInfo]:
+    """The figure files a job reads. None is an error (an extract that found nothing new
+    writes none) unless --allow_empty, which then writes `empty` (an empty dataset, ...)."""
+    files = storage.glob(pattern)
+    if not files and not allow_empty:
+        raise SystemExit(
+            f"no figure files at {pattern}: the input holds no figure sample (an extract that "
+            f"found nothing new writes none); pass --allow_empty to write {empty}"
+        )
+    return files
+
+
+def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:
+    """A run that wrote no sample says so, and fails unless --allow_empty."""
+    out = result.get("stages", {}).get(stage, {}).get("out")
+    if out == 0 and not result.get("submitted"):
+        message = f"nothing written: {why}"
+        if allow_empty:
+            pipeline = result.get("pipeline", stage)
+            print(f"biomedica {pipeline}: {message} (--allow_empty)", file=sys.stderr)
+        else:
+            result["error"] = f"{message}; pass --allow_empty if that is expected"
+    return result
+
+
+def job_options(pipeline: str, argv: list[str], description: str):
+    """What every job that reads --input and writes --output does first: strict flags (see
+    pipelines.options.parse), both paths given and apart. (the parsed flags, Beam's
+    options, RunOptions' view, --input)."""
+    given = options_of.parse(pipeline, argv, description)
+    options = PipelineOptions(argv)
+    opts = options.view_as(RunOptions)
+    source = options.view_as(InputOptions).input
+    if not source or not opts.output:
+        raise UsageError("--input and --output are required")
+    refuse_overlap(opts.output, input=source)
+    options.view_as(SetupOptions).save_main_session = False
+    return given, options, opts, source
 
 
 def _location(uri: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:

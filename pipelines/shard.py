@@ -18,21 +18,23 @@ import time
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import options as flags
 from pipelines.flags import UsageError
 from pipelines.options import (
     ExtractOptions,
-    InputOptions,
     RunOptions,
     ShardInputOptions,
     ShardOptions,
 )
 from pipelines.runner import (
     REPORT,
+    figure_files,
+    figure_inputs,
+    job_options,
     main_of,
     make_pipeline,
+    nothing_selected,
     output_lock,
     progress,
     refuse_overlap,
@@ -74,29 +76,10 @@ OUTPUT_PARTS = [
 ]
 
 
-def figure_files(source: str) -> str:
-    """The Parquet glob of an extract output folder (or the glob itself)."""
-    if source.endswith(".parquet") or any(c in source for c in "*?"):
-        return source
-    return storage.join(source, "extract", "figures", "*.parquet")
-
-
 def input_files(pattern: str) -> list[storage.FileInfo]:
     files = storage.glob(pattern)
     if not files:
         raise SystemExit(f"no Parquet matches {pattern}")
-    return files
-
-
-def figure_inputs(pattern: str, allow_empty: bool) -> list[storage.FileInfo]:
-    """The figure files to shard. None is an error (an extract that found nothing new
-    writes none) unless --allow_empty, which then writes an empty dataset."""
-    files = storage.glob(pattern)
-    if not files and not allow_empty:
-        raise SystemExit(
-            f"no figure files at {pattern}: the input holds no figure sample (an extract that "
-            "found nothing new writes none); pass --allow_empty to write an empty dataset"
-        )
     return files
 
 
@@ -323,19 +306,12 @@ def shard_transform(options, output: str, source, rows: int) -> WriteShards:
 
 def run(argv=None, test_pipeline=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    flags.parse("shard", argv, __doc__)
-    options = PipelineOptions(argv)
-    opts = options.view_as(RunOptions)
-    source = options.view_as(InputOptions).input
-    if not source or not opts.output:
-        raise UsageError("--input and --output are required")
-    refuse_overlap(opts.output, input=source)
-    options.view_as(SetupOptions).save_main_session = False
+    _, options, opts, source = job_options("shard", argv, __doc__)
     allow_empty = options.view_as(ExtractOptions).allow_empty
     without_text = options.view_as(ShardInputOptions).without_article_text
     annotations = options.view_as(ShardInputOptions).annotations
     refuse_overlap(opts.output, annotations=annotations)
-    files = figure_inputs(figure_files(source), allow_empty)
+    files = figure_inputs(figure_files(source), allow_empty, "an empty dataset")
     refuse_missing_texts(files, without_text)
     labels = annotation_inputs(files, annotations)
     rows = count_rows([f.uri for f in files])
@@ -406,19 +382,6 @@ def run_dataset_job(
         )
         shown = progress(opts.log_level, pipeline, ["samples", "shards"], total)
         return run_and_report(p, opts.output, time.time(), [WORK_DIR], lock, shown)
-
-
-def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> dict:
-    """A run that wrote no sample says so, and fails unless --allow_empty."""
-    out = result.get("stages", {}).get(stage, {}).get("out")
-    if out == 0 and not result.get("submitted"):
-        message = f"nothing written: {why}"
-        if allow_empty:
-            pipeline = result.get("pipeline", stage)
-            print(f"biomedica {pipeline}: {message} (--allow_empty)", file=sys.stderr)
-        else:
-            result["error"] = f"{message}; pass --allow_empty if that is expected"
-    return result
 
 
 main = main_of(run, "shard")

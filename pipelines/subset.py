@@ -18,8 +18,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipelines import options as flags
 from pipelines.flags import UsageError
 from pipelines.options import ExtractOptions, InputOptions, RunOptions, SubsetOptions
-from pipelines.runner import main_of, refuse_overlap
-from pipelines.shard import input_files, nothing_selected, run_dataset_job, shard_transform
+from pipelines.runner import main_of, nothing_selected, refuse_overlap
+from pipelines.shard import input_files, run_dataset_job, shard_transform
 from transforms import storage
 from transforms.records import SHARD_INDEX_SCHEMA
 from transforms.shard.row_filter import FilterError, compile_where

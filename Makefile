@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(PY) -m pipelines.extract --source data/sample --output out/demo --overwrite
 	$(PY) -m pipelines.embed --input out/demo --output out/demo-embed --overwrite
 	$(PY) -m pipelines.annotate --input out/demo --embeddings out/demo-embed \
-	  --output out/demo-annotate --overwrite --clusters 40
+	  --output out/demo-annotate --overwrite --clusters 16
 	$(PY) -m pipelines.shard --input out/demo --annotations out/demo-annotate \
 	  --output out/demo-dataset --overwrite --samples_per_shard 100
 	@echo

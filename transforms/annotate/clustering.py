@@ -124,8 +124,8 @@ def train(
     if n == 0:
         raise ValueError("no embedding to train the clustering model on")
     k = capped_clusters(clusters, n)
-    if k < clusters:
-        log.warning(
+    if k < clusters:  # the launcher warns; the model's JSON and the report record it
+        log.info(
             "--clusters %d capped to %d: the training sample holds %d vectors and each "
             "cluster needs at least %d",
             clusters,

@@ -81,7 +81,7 @@ class EutilsServer:
         return f"http://127.0.0.1:{self.port}/entrez/eutils/"
 
     def __enter__(self) -> EutilsServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 

@@ -8,7 +8,13 @@ import pytest
 from eutils_server import EutilsServer, load_articles
 from lxml import etree
 
-from transforms.pubmed.eutils import EutilsClient, RateLimiter, normalise_pmids, split_records
+from transforms.pubmed.eutils import (
+    EutilsClient,
+    RateLimiter,
+    RecordCache,
+    normalise_pmids,
+    split_records,
+)
 
 EMAIL = "curator@example.org"
 
@@ -68,7 +74,7 @@ def test_batches_of_at_most_200_posted_with_tool_and_email(server, articles):
     assert [len(s.pmids) for s in seen] == [200, 200, 54]
     assert all(s.method == "POST" and s.fields["tool"] == "biomedica" for s in seen)
     assert all(s.fields["email"] == EMAIL and "api_key" not in s.fields for s in seen)
-    assert [list(b.pmids) for b in batches] == [s.pmids for s in seen]
+    assert sorted(list(b.pmids) for b in batches) == sorted(s.pmids for s in seen)
     everything = [p for b in batches for p in b.pmids]
     assert everything == sorted(set(unknown + real), key=int)  # sorted numerically, once each
     assert all(b.ok and not b.from_cache and b.attempts == 1 for b in batches)
@@ -192,6 +198,28 @@ def test_cache_second_run_asks_only_for_what_is_missing(server, articles, tmp_pa
     assert server.requests == []  # everything answered, found or not, from the cache
     assert [b.from_cache for b in third] == [True]
     assert third[0].not_found == ("11", "12", "13")
+
+
+def test_cache_in_an_object_store(server, articles, monkeypatch):
+    from conftest import moto_s3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto_s3() as (endpoint, owner):
+        owner.create_bucket(Bucket="cache")
+        from transforms.storage import S3Config
+
+        s3 = S3Config(endpoint_url=endpoint, anonymous=False)
+        for run in range(2):
+            server.requests.clear()
+            cache = RecordCache("s3://cache/eutils", s3)
+            batches = list(client_of(server, cache_dir=cache).fetch(sorted(articles) + ["7"]))
+            assert all(b.ok for b in batches)
+            assert [p for b in batches for p in b.not_found] == ["7"]
+            assert len(server.requests) == (1 if run == 0 else 0)
+            assert [b.from_cache for b in batches] == [run == 1]
+        keys = [o["Key"] for o in owner.list_objects_v2(Bucket="cache")["Contents"]]
+        assert "eutils/not_found.txt" in keys and len(keys) == 5
 
 
 def test_failed_batch_caches_nothing(server, articles, tmp_path):

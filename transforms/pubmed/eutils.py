@@ -11,6 +11,7 @@ included, whatever the number of threads or clients, because clients share one l
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import gzip
@@ -18,13 +19,13 @@ import io
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lxml import etree
@@ -143,33 +144,27 @@ def split_records(xml: bytes) -> tuple[str, list[tuple[str, bytes]]]:
     fields is the MEDLINE parser's job. Raises etree.XMLSyntaxError on malformed XML.
     """
     records: list[tuple[str, bytes]] = []
-    root_tag = ""
-    depth = 0
+    # Only the record elements' ends reach Python; lxml walks the rest in C.
     parser = etree.iterparse(
         io.BytesIO(xml),
-        events=("start", "end"),
+        events=("end",),
+        tag=RECORD_TAGS,
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
     )
-    for event, element in parser:
-        if event == "start":
-            if depth == 0:
-                root_tag = element.tag
-            depth += 1
-            continue
-        depth -= 1
-        if depth != 1:
-            continue
-        if element.tag in RECORD_TAGS:
-            pmid = element.findtext("MedlineCitation/PMID") or element.findtext("BookDocument/PMID")
-            if pmid and pmid.strip():
-                record = etree.tostring(element, encoding="UTF-8", xml_declaration=False)
-                records.append((pmid.strip(), record.strip()))
+    for _, element in parser:
+        parent = element.getparent()
+        if parent is None or parent.getparent() is not None:
+            continue  # a record's tag, but not a child of the root
+        pmid = element.findtext("MedlineCitation/PMID") or element.findtext("BookDocument/PMID")
+        if pmid and pmid.strip():
+            record = etree.tostring(element, encoding="UTF-8", xml_declaration=False)
+            records.append((pmid.strip(), record.strip()))
         element.clear()
         while element.getprevious() is not None:
-            del element.getparent()[0]
-    return root_tag, records
+            del parent[0]
+    return parser.root.tag, records
 
 
 def assemble(records: Iterable[bytes]) -> bytes:
@@ -189,11 +184,13 @@ class RecordCache:
 
     NOT_FOUND = "not_found.txt"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, s3=None):
         self.root = root
+        self.s3 = s3  # a storage.S3Config for s3:// caches on a given endpoint
         self.remote = "://" in root
         self._lock = threading.Lock()
         self._not_found: set[str] | None = None
+        self._folders: set[str] = set()
 
     def _path(self, *parts: str) -> str:
         if self.remote:
@@ -208,9 +205,10 @@ class RecordCache:
             if self.remote:
                 from transforms import storage  # Beam's filesystems: only for remote caches
 
-                if not storage.exists(path):
+                s3 = self.s3 or storage.S3Config()
+                if not storage.exists(path, s3):
                     return None
-                return storage.read_bytes(path)
+                return storage.read_bytes(path, s3)
             with open(path, "rb") as handle:
                 return handle.read()
         except Exception:  # missing, unreadable, or storage's own errors: fetch it again
@@ -220,13 +218,16 @@ class RecordCache:
         if self.remote:
             from transforms import storage
 
-            storage.atomic_write(path, [data])
+            storage.atomic_write(path, [data], self.s3 or storage.S3Config())
             return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        handle, aside = tempfile.mkstemp(dir=folder, prefix=".", suffix=".inprogress")
+        folder, name = os.path.split(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        # Named for this process and thread: no two writers share an aside file.
+        aside = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.inprogress")
         try:
-            with os.fdopen(handle, "wb") as out:
+            with open(aside, "wb") as out:
                 out.write(data)
             os.replace(aside, path)
         except BaseException:
@@ -300,7 +301,7 @@ class EutilsClient:
         api_key: str | None = None,
         tool: str = "biomedica",
         email: str | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | RecordCache | None = None,
         timeout: float = 30.0,
         max_retries: int = 5,
         clock: Callable[[], float] | None = None,
@@ -310,6 +311,7 @@ class EutilsClient:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         limiter: RateLimiter | None = None,
+        workers: int = 2,
     ):
         if not email or "@" not in email:
             raise ValueError("NCBI asks every E-utilities request to carry a contact email")
@@ -331,9 +333,14 @@ class EutilsClient:
                 rate = RATE_WITH_KEY if api_key else RATE_WITHOUT_KEY
                 limiter = RateLimiter(rate, clock or time.monotonic, self.sleep)
         self.limiter = limiter
-        self.cache = RecordCache(cache_dir) if cache_dir else None
+        if isinstance(cache_dir, str):
+            cache_dir = RecordCache(cache_dir)
+        self.cache = cache_dir
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
 
     @property
     def efetch_url(self) -> str:
@@ -379,8 +386,25 @@ class EutilsClient:
                     from_cache=True,
                     not_found=tuple(p for p, r in group if r is None),
                 )
-        for start in range(0, len(wanted), self.batch_size):
-            yield self.fetch_batch(wanted[start : start + self.batch_size])
+        groups = [
+            wanted[start : start + self.batch_size]
+            for start in range(0, len(wanted), self.batch_size)
+        ]
+        if self.workers == 1 or len(groups) < 2:
+            for group in groups:
+                yield self.fetch_batch(group)
+            return
+        # A request's transfer and cache writes overlap the next ones' waits for their slot; the
+        # limiter still spaces the starts. At most 2 x workers batches are held at once, and
+        # they come out in order.
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="efetch") as pool:
+            pending: collections.deque = collections.deque()
+            for group in groups:
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(self.fetch_batch, group))
+            while pending:
+                yield pending.popleft().result()
 
     def fetch_batch(self, pmids: list[str]) -> Batch:
         """One efetch POST for at most batch_size PMIDs, retried; the cache is filled from it."""

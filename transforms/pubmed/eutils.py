@@ -369,23 +369,20 @@ class EutilsClient:
         wanted = valid
         if self.cache is not None:
             not_found = self.cache.not_found()
-            hits: list[tuple[str, bytes | None]] = []
             wanted = []
+            group: list[tuple[str, bytes | None]] = []  # one batch's hits: bounded memory
             for pmid in valid:
                 if pmid in not_found:
-                    hits.append((pmid, None))
+                    group.append((pmid, None))
                 elif (record := self.cache.get(pmid)) is not None:
-                    hits.append((pmid, record))
+                    group.append((pmid, record))
                 else:
                     wanted.append(pmid)
-            for start in range(0, len(hits), self.batch_size):
-                group = hits[start : start + self.batch_size]
-                yield Batch(
-                    tuple(p for p, _ in group),
-                    xml=assemble(r for _, r in group if r is not None),
-                    from_cache=True,
-                    not_found=tuple(p for p, r in group if r is None),
-                )
+                if len(group) == self.batch_size:
+                    yield _cached_batch(group)
+                    group = []
+            if group:
+                yield _cached_batch(group)
         groups = [
             wanted[start : start + self.batch_size]
             for start in range(0, len(wanted), self.batch_size)
@@ -496,6 +493,15 @@ class EutilsClient:
             except (OSError, EOFError) as error:
                 raise _Retryable("bad_response", f"bad gzip body: {error}") from None
         return data
+
+
+def _cached_batch(group: list[tuple[str, bytes | None]]) -> Batch:
+    return Batch(
+        tuple(p for p, _ in group),
+        xml=assemble(r for _, r in group if r is not None),
+        from_cache=True,
+        not_found=tuple(p for p, r in group if r is None),
+    )
 
 
 def _snippet(error: urllib.error.HTTPError) -> str:

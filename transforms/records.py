@@ -174,6 +174,9 @@ class PubmedRecord:
     one Arrow list column."""
 
     pmid: str
+    # PubMed's version of a versioned citation (F1000/Wellcome Open Research articles have
+    # several under one PMID); 1 for nearly all.
+    pmid_version: int = 1
     # MeSH descriptor names, in the record's order (BIOMEDICA's `article_mesh_terms`).
     article_mesh_terms: list[str] = field(default_factory=list)
     mesh_descriptor_ids: list[str] = field(default_factory=list)  # "D009369", parallel
@@ -197,6 +200,7 @@ class PubmedDeletion:
     """A PMID that a MEDLINE `<DeleteCitation>` removes from PubMed (from this file on)."""
 
     pmid: str
+    pmid_version: int = 1
     source_file: str = ""
     source_position: int = 0  # of the DeleteCitation element in its file
 

@@ -67,13 +67,14 @@ def file_order_key(name: str) -> tuple:
 def latest(
     versions: Iterable[PubmedRecord | PubmedDeletion],
 ) -> PubmedRecord | PubmedDeletion | None:
-    """The version of one PMID that stands: the one from the latest file (`file_order_key`),
-    and in one file the later element. A `PubmedDeletion` returned means the PMID was
-    deleted; None means no versions. The order is total, so any grouping order gives the
-    same answer."""
+    """The version of one PMID that stands: the highest PMID version (a versioned citation's
+    current one), then the one from the latest file (`file_order_key`), and in one file the
+    later element. A `PubmedDeletion` returned means the PMID was deleted; None means no
+    versions. The order is total, so any grouping order gives the same answer."""
     return max(
         versions,
         key=lambda v: (
+            v.pmid_version,
             file_order_key(v.source_file),
             v.source_position,
             isinstance(v, PubmedDeletion),
@@ -87,6 +88,11 @@ def _text(element) -> str:
     # The DTD gives these elements text only; `itertext` covers a stray inline element.
     text = "".join(element.itertext()) if len(element) else element.text
     return text.strip() if text else ""
+
+
+def _version(pmid) -> int:
+    version = pmid.get("Version", "1")
+    return int(version) if version.isdigit() else 1
 
 
 def _date(element) -> str:
@@ -146,6 +152,7 @@ def _record(article, source_file: str, position: int) -> PubmedRecord | None:
         if tag == "PMID":
             # MedlineCitation/PMID only: PMIDs also appear in comments and references.
             record.pmid = _text(child)
+            record.pmid_version = _version(child)
         elif tag == "DateRevised":
             record.date_revised = _date(child)
         elif tag == "MeshHeadingList":
@@ -184,9 +191,9 @@ def parse_medline(stream: BinaryIO, source_file: str) -> Iterator[PubmedRecord |
                 if record is not None:
                     yield record
             else:
-                for pmid in element.iterfind("PMID"):
+                for pmid in element.iterchildren("PMID"):
                     if _text(pmid):
-                        yield PubmedDeletion(_text(pmid), source_file, position)
+                        yield PubmedDeletion(_text(pmid), _version(pmid), source_file, position)
             position += 1
             element.clear(keep_tail=False)
             parent = element.getparent()

@@ -1,7 +1,7 @@
 """Rebuild the MEDLINE test slices from NLM's files (see README.md here).
 
-    python tests/data/medline/make_slices.py DIR   # DIR holds pubmed20n0014.xml.gz and
-                                                   # pubmed21n1298.xml.gz
+python tests/data/medline/make_slices.py DIR   # DIR holds pubmed20n0014.xml.gz and
+                                               # pubmed21n1298.xml.gz
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def main(folder: str) -> None:
     )
     edited = dict(base_articles)[EDITED]
     # The edit: a later revision date, and "Membranes/enzymology" made a major topic.
-    edited = edited.replace(
-        "<DateRevised>\n        <Year>2000</Year>\n        <Month>12</Month>\n        <Day>18</Day>",
-        "<DateRevised>\n        <Year>2021</Year>\n        <Month>06</Month>\n        <Day>05</Day>",
+    revised = (
+        "<DateRevised>\n        <Year>{}</Year>\n        <Month>{}</Month>\n        <Day>{}</Day>"
     )
+    edited = edited.replace(revised.format(2000, 12, 18), revised.format(2021, "06", "05"))
     edited = edited.replace(
         '<QualifierName UI="Q000201" MajorTopicYN="N">enzymology</QualifierName>',
         '<QualifierName UI="Q000201" MajorTopicYN="Y">enzymology</QualifierName>',

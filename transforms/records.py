@@ -167,6 +167,44 @@ class Duplicate:
     image_phash: str = ""
 
 
+@dataclass
+class PubmedRecord:
+    """One PubMed record (a MEDLINE `<PubmedArticle>`): the fields the enrich stage adds to
+    an article, matched by PMID. Lists are flat and parallel where they pair up, so each is
+    one Arrow list column."""
+
+    pmid: str
+    # PubMed's version of a versioned citation (F1000/Wellcome Open Research articles have
+    # several under one PMID); 1 for nearly all.
+    pmid_version: int = 1
+    # MeSH descriptor names, in the record's order (BIOMEDICA's `article_mesh_terms`).
+    article_mesh_terms: list[str] = field(default_factory=list)
+    mesh_descriptor_ids: list[str] = field(default_factory=list)  # "D009369", parallel
+    # Descriptors that are a major topic: the descriptor or any of its qualifiers says
+    # MajorTopicYN="Y" (PubMed's [majr]).
+    mesh_major_topics: list[str] = field(default_factory=list)
+    # "Descriptor/qualifier" pairs in PubMed's own notation ("Neoplasms/drug therapy"), and
+    # their ids in parallel ("D009369/Q000188").
+    mesh_qualifiers: list[str] = field(default_factory=list)
+    mesh_qualifier_ids: list[str] = field(default_factory=list)
+    publication_types: list[str] = field(default_factory=list)  # "Journal Article", ...
+    chemicals: list[str] = field(default_factory=list)  # NameOfSubstance
+    date_revised: str = ""  # YYYY-MM-DD
+    source_file: str = ""  # the MEDLINE file's name, e.g. "pubmed25n1300.xml.gz"
+    # Which element of its file it was (0-based): orders two versions in one file.
+    source_position: int = 0
+
+
+@dataclass
+class PubmedDeletion:
+    """A PMID that a MEDLINE `<DeleteCitation>` removes from PubMed (from this file on)."""
+
+    pmid: str
+    pmid_version: int = 1
+    source_file: str = ""
+    source_position: int = 0  # of the DeleteCitation element in its file
+
+
 def _arrow_type(hint) -> pa.DataType:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -208,6 +246,7 @@ HELD_ONCE = ("article_text",)
 FIGURE_FILE_SCHEMA = pa.schema([f for f in FIGURE_SCHEMA if f.name not in HELD_ONCE])
 DUPLICATE_SCHEMA = arrow_schema(Duplicate)
 ANNOTATION_SCHEMA = arrow_schema(Annotation)
+PUBMED_RECORD_SCHEMA = arrow_schema(PubmedRecord)
 # The figure fields an annotation fills (all of its columns but the key).
 ANNOTATION_FIELDS = tuple(f.name for f in ANNOTATION_SCHEMA if f.name != "key")
 

@@ -1,0 +1,1 @@
+"""PubMed records for the enrich stage: MEDLINE bulk files (and, later, E-utilities)."""

@@ -124,21 +124,26 @@ def keyless(server: Server, batches: int) -> dict:
     return {"limit_per_s": 3, "batches": len(results), **out}
 
 
-def keyed(server: Server, count: int, cache: str | None) -> dict:
+def keyed(server: Server, count: int, cache: str | None, workers: int) -> dict:
     pmids = _pmids(server, count)
-    client = EutilsClient(server.base_url, api_key="bench", email=EMAIL, cache_dir=cache)
-    started = time.monotonic()
+    client = EutilsClient(
+        server.base_url, api_key="bench", email=EMAIL, cache_dir=cache, workers=workers
+    )
+    started, cpu = time.monotonic(), time.process_time()
     batches = list(client.fetch(pmids))
+    cpu = time.process_time() - cpu
     out = server.stats(started, time.monotonic())
     result = {
         "limit_per_s": 10,
         "cache": cache is not None,
+        "workers": workers,
         "pmids": len(pmids),
         "records_found": sum(len(b.pmids) - len(b.not_found) for b in batches),
         "batches": len(batches),
         "failed": sum(not b.ok for b in batches),
         "response_mb": round(sum(len(b.xml) for b in batches if b.xml) / 1e6, 1),
         **out,
+        "client_cpu_s": round(cpu, 2),
     }
     if cache is not None:
         started = time.monotonic()
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--medline", type=Path, default=SLICE)
     parser.add_argument("--pmids", type=int, default=10_000)
     parser.add_argument("--keyless_batches", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1, help="requests in flight per client")
     args = parser.parse_args()
     server = Server(args.medline, args.pmids)
     try:
@@ -162,8 +168,8 @@ def main() -> None:
                 "medline": str(args.medline),
                 "records_served": len(server.pmids),
                 "without_key": keyless(server, args.keyless_batches),
-                "with_key": keyed(server, args.pmids, None),
-                "with_key_and_cache": keyed(server, args.pmids, cache),
+                "with_key": keyed(server, args.pmids, None, args.workers),
+                "with_key_and_cache": keyed(server, args.pmids, cache, args.workers),
             }
     finally:
         server.stop()

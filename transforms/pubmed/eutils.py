@@ -311,7 +311,7 @@ class EutilsClient:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         limiter: RateLimiter | None = None,
-        workers: int = 2,
+        workers: int = 1,
     ):
         if not email or "@" not in email:
             raise ValueError("NCBI asks every E-utilities request to carry a contact email")

@@ -17,7 +17,6 @@ import sys
 import time
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
@@ -39,7 +38,7 @@ from transforms.annotate.steps import CLUSTERING, COUNTS, GALLERY, LABELS_STAGE,
 from transforms.annotate.taxonomy import load_taxonomy
 from transforms.outcomes import DEAD, dead
 from transforms.records import EMBEDDING_MODEL, IMAGE_EMBEDDING
-from transforms.sinks import WriteDeadLetters, open_native, read_parquet
+from transforms.sinks import WriteDeadLetters, footer_rows, read_parquet
 
 EMBED_MODEL_FILE = "embed_model.json"
 OUTPUT_PARTS = [
@@ -93,18 +92,6 @@ def _keys(uri: str) -> list | None:
         return None
 
 
-def _row_count(uri: str) -> int | None:
-    """An embeddings file's rows, from its footer alone (None where it cannot be read)."""
-    source = open_native(uri)
-    try:
-        return pq.ParquetFile(source).metadata.num_rows
-    except Exception:  # noqa: BLE001 (the job dead-letters it)
-        return None
-    finally:
-        if not isinstance(source, str):
-            source.close()
-
-
 # Embeddings files whose keys the launcher checks against their figure files before work:
 # a few, spread over the input (all of them would be thousands of reads on a Dataflow
 # launcher at PMC's scale). The job checks every key; a key it finds in no figure row fails
@@ -128,7 +115,7 @@ def check_figures(files: list[str], source: str) -> int | None:
             f"{storage.join(figures, name)} is missing: embed made {missing[0]}{more} from it; "
             "pass as --input the extract output that embed read"
         )
-    counts = [_row_count(file) for file in files]
+    counts = [footer_rows(file) for file in files]
     rows = None if None in counts else sum(counts)
     step = max(1, -(-len(files) // KEY_CHECK_FILES))
     absent, example, where = 0, None, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -54,13 +55,32 @@ def open_native(uri: str):
     return uri if "://" not in uri else FileSystems.open(uri, compression_type="uncompressed")
 
 
-def read_parquet(uri: str, columns=None, batch_rows: int | None = None) -> Iterator[pa.Table]:
-    """A Parquet file whole (or in batches of `batch_rows`), only `columns` of them that it
-    has, never pre-buffered (pre-buffering keeps every range it read until the file is
-    closed); the file is closed when the generator ends."""
+@contextlib.contextmanager
+def parquet_file(uri: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file opened for reading, never pre-buffered (pre-buffering keeps every
+    range it read until the file is closed); closed on leaving the block."""
     source = open_native(uri)
     try:
-        handle = pq.ParquetFile(source, pre_buffer=False)
+        yield pq.ParquetFile(source, pre_buffer=False)
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def footer_rows(uri: str) -> int | None:
+    """A Parquet file's rows, from its footer alone; None where it cannot be read (the job
+    that reads it dead-letters it)."""
+    try:
+        with parquet_file(uri) as handle:
+            return handle.metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
+def read_parquet(uri: str, columns=None, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """A Parquet file whole (or in batches of `batch_rows`), only `columns` of them that it
+    has; the file is closed when the generator ends."""
+    with parquet_file(uri) as handle:
         if columns is not None:
             present = set(handle.schema_arrow.names)
             columns = [c for c in columns if c in present]
@@ -69,9 +89,6 @@ def read_parquet(uri: str, columns=None, batch_rows: int | None = None) -> Itera
             return
         for batch in handle.iter_batches(batch_rows, columns=columns):
             yield pa.Table.from_batches([batch])
-    finally:
-        if not isinstance(source, str):
-            source.close()
 
 
 def write_parquet(uri: str, table: pa.Table, guard=None) -> None:

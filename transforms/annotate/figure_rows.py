@@ -4,9 +4,8 @@ images of a few keys (for thumbnails). Pure, Beam-free."""
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from transforms.sinks import open_native, read_parquet
+from transforms.sinks import parquet_file, read_parquet
 
 BATCH_ROWS = 4096
 
@@ -14,20 +13,15 @@ BATCH_ROWS = 4096
 def keys(uri: str) -> set[str]:
     """The keys of a figure file's rows (the key column alone). A row group that cannot be
     read is passed over: embed could not have read its rows either."""
-    source = open_native(uri)
-    try:
-        parquet = pq.ParquetFile(source, pre_buffer=False)
-        found: set[str] = set()
+    found: set[str] = set()
+    with parquet_file(uri) as parquet:
         for group in range(parquet.num_row_groups):
             try:
                 column = parquet.read_row_group(group, columns=["key"]).column(0)
             except (OSError, ValueError, pa.ArrowException):
                 continue
             found.update(k for k in column.to_pylist() if isinstance(k, str))
-        return found
-    finally:
-        if not isinstance(source, str):
-            source.close()
+    return found
 
 
 def captions(uri: str) -> dict[str, str]:
@@ -46,10 +40,8 @@ def images(uri: str, wanted: frozenset[str]) -> dict[str, bytes]:
     """key -> image bytes of the rows whose key is in `wanted`. Row group by row group (not
     sinks.read_parquet, which reads a column of every row): only the groups holding one of
     them have their image column read, and images are most of a figure file's bytes."""
-    source = open_native(uri)
-    try:
-        parquet = pq.ParquetFile(source, pre_buffer=False)
-        found: dict[str, bytes] = {}
+    found: dict[str, bytes] = {}
+    with parquet_file(uri) as parquet:
         for group in range(parquet.num_row_groups):
             names = parquet.read_row_group(group, columns=["key"]).column(0).to_pylist()
             at = [i for i, k in enumerate(names) if k in wanted and k not in found]
@@ -60,7 +52,4 @@ def images(uri: str, wanted: frozenset[str]) -> dict[str, bytes]:
                 image = column[i].as_py()
                 if image:
                     found.setdefault(names[i], image)
-        return found
-    finally:
-        if not isinstance(source, str):
-            source.close()
+    return found

@@ -27,7 +27,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from transforms import progress, storage
 from transforms.outcomes import DEAD, dead
@@ -55,7 +54,7 @@ from transforms.shard.sources import (
 )
 from transforms.shard.webdataset_tar import sample_parts
 from transforms.shard.writer import TarStream
-from transforms.sinks import open_native
+from transforms.sinks import footer_rows
 
 STAGE = "shard"
 DEFAULT_SAMPLES_PER_SHARD = 1000
@@ -538,14 +537,4 @@ class WriteShards(beam.PTransform):
 def count_rows(files: list[str]) -> int:
     """Rows of Parquet files, from their footers (an unreadable file counts none here; the
     job dead-letters it)."""
-    total = 0
-    for uri in files:
-        source = open_native(uri)
-        try:
-            total += pq.ParquetFile(source).metadata.num_rows
-        except (OSError, ValueError, pa.ArrowException):
-            continue
-        finally:
-            if not isinstance(source, str):
-                source.close()
-    return total
+    return sum(footer_rows(uri) or 0 for uri in files)

@@ -299,7 +299,7 @@ def build(p, opts, source: str, output: str, files, info, model, expert, zero_sh
 
 def run(argv=None, test_pipeline=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    flags.parse("annotate", argv, __doc__)
+    given = flags.parse("annotate", argv, __doc__)  # allow_empty: in the parsed flags
     options = PipelineOptions(argv)
     run_options = options.view_as(RunOptions)
     opts = options.view_as(AnnotateOptions)
@@ -321,7 +321,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     options.view_as(SetupOptions).save_main_session = False
 
     # Everything that can refuse the run does so before the output is touched.
-    allow_empty = bool(options.get_all_options().get("allow_empty"))  # AllowEmpty's flag
+    allow_empty = given.allow_empty
     files = embedding_files(opts.embeddings)
     rows = check_figures(files, source)
     refuse_empty(opts.embeddings, files, rows, allow_empty)

@@ -68,8 +68,19 @@ class Article:
     article_text: str = ""
     article_reference_ids: list[str] = field(default_factory=list)
     article_reference_count: int = 0
-    # Filled by the PubMed join of a later stage; JATS carries no MeSH.
+    # Filled by `enrich` from the article's PubMed record (JATS carries no MeSH): descriptor
+    # names, BIOMEDICA's meaning. Ours beside it, from the same record: see PubmedRecord.
     article_mesh_terms: list[str] = field(default_factory=list)
+    article_mesh_ids: list[str] = field(default_factory=list)
+    article_mesh_major_topics: list[str] = field(default_factory=list)
+    article_mesh_qualifiers: list[str] = field(default_factory=list)
+    article_mesh_qualifier_ids: list[str] = field(default_factory=list)
+    article_publication_types: list[str] = field(default_factory=list)
+    article_chemicals: list[str] = field(default_factory=list)
+    article_pubmed_date_revised: str = ""
+    article_pubmed_source: str = ""  # the MEDLINE file's name, or "efetch"
+    # What enrich found for the article's PMID (PUBMED_STATUSES); "" where it never ran.
+    article_pubmed_status: str = ""
     article_figure_count: int = 0  # image candidates found in the XML (one per sample)
     article_fig_xref_count: int = 0  # <xref ref-type="fig"> elements in the XML
     article_parse_warnings: list[str] = field(default_factory=list)
@@ -193,6 +204,34 @@ class PubmedRecord:
     source_file: str = ""  # the MEDLINE file's name, e.g. "pubmed25n1300.xml.gz"
     # Which element of its file it was (0-based): orders two versions in one file.
     source_position: int = 0
+
+
+# enrich: which Article column each PubmedRecord field fills.
+PUBMED_ARTICLE_FIELDS = {
+    "article_mesh_terms": "article_mesh_terms",
+    "mesh_descriptor_ids": "article_mesh_ids",
+    "mesh_major_topics": "article_mesh_major_topics",
+    "mesh_qualifiers": "article_mesh_qualifiers",
+    "mesh_qualifier_ids": "article_mesh_qualifier_ids",
+    "publication_types": "article_publication_types",
+    "chemicals": "article_chemicals",
+    "date_revised": "article_pubmed_date_revised",
+    "source_file": "article_pubmed_source",
+}
+# The Article columns enrich sets: those above and the status.
+PUBMED_COLUMNS = (*PUBMED_ARTICLE_FIELDS.values(), "article_pubmed_status")
+# article_pubmed_status: matched (fields filled), or why not: the article has no PMID, one
+# that is not a PMID, PubMed has no record of it, PubMed deleted it, the only files that held
+# it failed to parse, or E-utilities failed to answer for it (a dead letter says why).
+PUBMED_STATUSES = (
+    "matched",
+    "no_pmid",
+    "invalid_pmid",
+    "not_found",
+    "deleted",
+    "source_failed",
+    "fetch_failed",
+)
 
 
 @dataclass

@@ -14,6 +14,10 @@ PIPELINES = {
         "pipelines.extract",
         "PMC source -> figure samples (Parquet), dead letters, report",
     ),
+    "enrich": (
+        "pipelines.enrich",
+        "extract output -> its articles with MeSH and more from PubMed (MEDLINE or E-utilities)",
+    ),
     "shard": ("pipelines.shard", "extract output -> WebDataset shards + Parquet per license group"),
     "embed": (
         "pipelines.embed",

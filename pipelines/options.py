@@ -36,7 +36,9 @@ class InputOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("input")
         group.add_argument(
-            "--input", help="an extract output (shard, embed, annotate) or a dataset (subset)"
+            "--input",
+            help="an extract or enrich output (enrich, shard, embed, annotate) or a dataset "
+            "(subset)",
         )
 
 
@@ -171,6 +173,57 @@ class AnnotateOptions(PipelineOptions):
         )
 
 
+class EnrichOptions(PipelineOptions):
+    """enrich: where PubMed records come from (--input is InputOptions' extract output)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        from transforms.pubmed.eutils import DEFAULT_BASE_URL
+
+        group = parser.add_argument_group("enrich")
+        group.add_argument(
+            "--medline",
+            action="append",
+            metavar="GLOB",
+            help="MEDLINE/PubMed baseline and update files (pubmed*n*.xml.gz; local, gs://, "
+            "s3://); repeat the flag for several globs. A later file (by PubMed's numbering) "
+            "replaces an earlier one's record",
+        )
+        group.add_argument(
+            "--eutils",
+            action="store_true",
+            help="fetch the records from NCBI E-utilities instead (small runs: 3 requests a "
+            "second, 10 with an API key)",
+        )
+        group.add_argument(
+            "--ncbi_email",
+            help="contact email sent with every E-utilities request, as NCBI asks "
+            "(default: $NCBI_EMAIL)",
+        )
+        group.add_argument(
+            "--ncbi_api_key",
+            help="NCBI API key: 10 requests a second instead of 3 (default: $NCBI_API_KEY)",
+        )
+        group.add_argument(
+            "--eutils_base_url", default=DEFAULT_BASE_URL, help="E-utilities service to ask"
+        )
+        group.add_argument(
+            "--eutils_cache",
+            help="folder (local, gs://, s3://) of fetched records, kept across runs so a rerun "
+            "asks only for what is missing (default: <--output>/pubmed_cache, which "
+            "--overwrite keeps)",
+        )
+        group.add_argument(
+            "--eutils_max_retries",
+            type=int,
+            default=5,
+            help="retries of a request answered 429, 5xx or not at all, with backoff",
+        )
+        group.add_argument(
+            "--eutils_timeout", type=float, default=30.0, help="seconds to wait for a response"
+        )
+
+
 # Numeric flags where a negative value means something (-1: exact duplicates only).
 SIGNED = frozenset({"--near_duplicate_threshold"})
 
@@ -180,6 +233,7 @@ OPTIONS_OF = {
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
     "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty, MaxPixels),
     "annotate": (InputOptions, AnnotateOptions, RunOptions, AllowEmpty),
+    "enrich": (InputOptions, EnrichOptions, RunOptions, AllowEmpty),
 }
 
 

@@ -99,6 +99,37 @@ def test_medline_join_statuses_and_report(medline_run):
     medline = report["stages"]["medline"]
     assert (medline["in"], medline["out"], medline["dead_letter"]) == (2, 2, 0)
     assert medline["records"] == 12 and medline["deletions"] == 4
+    # Only versions of PMIDs some article names go into the join: 399307 (2), 399309 (a
+    # record and its deletion), 399296, 30271887 (4 versions), 31647768, 31594832.
+    assert medline["not_wanted"] == 16 - 11
+
+
+def test_distinct_pmids_combine():
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.pubmed.stage import DistinctPmids, wanted
+
+    values = [7, 3, 7, 10**11, 3] * 30000
+    with TestPipeline() as p:
+        got = (
+            p
+            | beam.Create(values, reshuffle=False)
+            | beam.CombineGlobally(DistinctPmids())
+            | beam.Map(lambda a: (a.dtype.name, a.tolist()))
+        )
+        assert_that(got, equal_to([("int64", [3, 7, 10**11])]))
+    pmids = np.array([3, 7, 10**11], np.int64)
+    assert [wanted(pmids, p) for p in ("3", "7", "100000000000", "4", "x", "9" * 40)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_update_wins_and_fields_are_the_records(medline_run):

@@ -2,16 +2,18 @@
 articles of an extract output by PMID, and the articles files written again with their PubMed
 columns.
 
-    articles files --ArticlePmids--> (pmid, (file, row)) --+
-                                                          CoGroupByKey(pmid) --ResolvePmid--+
-    MEDLINE files --ParseMedlineFiles--> (pmid, version) --+        (failed files: side input)|
-      or PMIDs --one process--> FetchFromEutils --> (pmid, record | FetchFailure)             |
-                                                                                           v
-    articles files ------------------------------------- CoGroupByKey(file) --WriteEnrichedFile
+    articles files -ArticlePmids-> (pmid, (file, row)) -----------+
+         |                                                        CoGroupByKey(pmid)
+         +-> DistinctPmids (side input)                           -ResolvePmid-> (file, row values)
+    MEDLINE files -ParseMedlineFiles-> (pmid, version) -----------+              |
+      or every PMID -FetchFromEutils (one process)-> (pmid, record | failure)    |
+    articles files ------------------------------------------- CoGroupByKey(file) -WriteEnrichedFile
 
-No worker ever holds more than one PMID's versions, or one articles file's joined rows: the
-join is Beam's shuffle, whatever the size of PubMed. E-utilities calls come from one process
-(one element holds every PMID), as NCBI's rate limit is per client.
+The join is Beam's shuffle: a worker holds one PMID's versions, one articles file's joined
+rows, and the sorted array of the PMIDs the articles name (8 bytes each), never a map of
+PubMed. The MEDLINE files' failures reach the join as a side input of file names.
+E-utilities calls come from one process (one element holds every PMID), as NCBI's rate limit
+is per client.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import posixpath
 
 import apache_beam as beam
+import numpy as np
 
 from transforms import progress, storage
 from transforms.outcomes import DEAD, dead
@@ -70,25 +73,62 @@ class ArticlePmids(beam.DoFn):
                 yield pmid, (name, row)
 
 
+class DistinctPmids(beam.CombineFn):
+    """PMIDs (ints) -> one sorted array of the distinct ones: 8 bytes a PMID (6.5M PMIDs of
+    all PMC-OA: 52 MB), where a Python set would take ten times that."""
+
+    def create_accumulator(self):
+        return np.empty(0, np.int64), []
+
+    def add_input(self, accumulator, pmid: int):
+        merged, pending = accumulator
+        pending.append(pmid)
+        if len(pending) >= max(1 << 16, merged.size):  # merges cost O(n) amortised
+            return np.union1d(merged, np.asarray(pending, np.int64)), []
+        return merged, pending
+
+    def merge_accumulators(self, accumulators):
+        parts = [np.asarray(p, np.int64) for a in accumulators for p in a]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64), []
+
+    def extract_output(self, accumulator):
+        return self.merge_accumulators([accumulator])[0]
+
+
+def wanted(pmids: np.ndarray, pmid: str) -> bool:
+    """Whether a PMID (PubMed's form: digits, no leading zero) is in the sorted array."""
+    if not pmid.isdigit() or len(pmid) > 18:
+        return False
+    value = int(pmid)
+    at = int(np.searchsorted(pmids, value))
+    return at < pmids.size and int(pmids[at]) == value
+
+
 class ParseMedlineFiles(beam.DoFn):
-    """A MEDLINE file -> (PMID, PubmedRecord | PubmedDeletion), streamed. A file that fails
-    part way is a dead letter and its name goes to FAILED: the join drops what it yielded."""
+    """A MEDLINE file -> (PMID, PubmedRecord | PubmedDeletion) for the PMIDs some article
+    names (`pmids`, a side input from DistinctPmids), streamed: the shuffle carries those
+    alone, not all of PubMed (6.5M of 36M records for PMC-OA; a laptop's DirectRunner holds
+    its shuffle in memory). A file that fails part way is a dead letter and its name goes to
+    FAILED: the join drops what it yielded."""
 
     def __init__(self, s3: storage.S3Config):
         self.s3 = s3
 
-    def process(self, uri: str):
+    def process(self, uri: str, pmids: np.ndarray):
         name = _name(uri)
-        records = deletions = 0
+        records = deletions = unused = 0
         try:
             for item in read_medline(uri, self.s3):
                 if isinstance(item, PubmedRecord):
                     records += 1
                 else:
                     deletions += 1
-                yield item.pmid, item
                 if (records + deletions) % 1000 == 0:
                     progress.tick("PubMed records", 1000)
+                if wanted(pmids, item.pmid):
+                    yield item.pmid, item
+                else:
+                    unused += 1
         except MedlineError as err:
             yield dead(MEDLINE, name, err.reason, err.detail, uri)
             yield beam.pvalue.TaggedOutput(FAILED, name)
@@ -96,9 +136,10 @@ class ParseMedlineFiles(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.deletions_dropped", deletions))
             return
         progress.tick("MEDLINE files")
-        yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.out", 1))
-        yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.records", records))
-        yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.deletions", deletions))
+        for count, n in (("out", 1), ("records", records), ("deletions", deletions)):
+            yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.{count}", n))
+        # Records and deletions of PMIDs no article names: read, and left out of the join.
+        yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.not_wanted", unused))
 
 
 class FetchFromEutils(beam.DoFn):
@@ -229,12 +270,19 @@ class EnrichArticles(beam.PTransform):
             uris | "FilesIn" >> beam.Map(lambda _: (f"{FILES}.in", 1)),
         ]
         if self.medline is not None:
+            pmids = (
+                refs
+                | "PmidNumbers" >> beam.Map(lambda kv: int(kv[0]))
+                | "DistinctPmids" >> beam.CombineGlobally(DistinctPmids())
+            )
             parsed = (
                 p
                 | "MedlineFiles" >> beam.Create(self.medline)
                 | "SpreadMedline" >> beam.Reshuffle()
                 | "ParseMedline"
-                >> beam.ParDo(ParseMedlineFiles(self.s3)).with_outputs(DEAD, COUNTS, FAILED)
+                >> beam.ParDo(
+                    ParseMedlineFiles(self.s3), beam.pvalue.AsSingleton(pmids)
+                ).with_outputs(DEAD, COUNTS, FAILED)
             )
             versions, failed = parsed[None], parsed[FAILED]
             counts += [

@@ -305,3 +305,77 @@ def test_real_time_rate_never_exceeded_even_with_retries(articles, api_key, limi
     assert len(server.requests) > 10
     assert server.max_in_window(1.0) <= limit
     assert server.problems == []
+
+
+class _Hostile:
+    """A one-handler HTTP server on 127.0.0.1 answering every POST with `answer(body)`."""
+
+    def __init__(self, answer):
+        import http.server
+
+        from conftest import free_port
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, headers, data = answer(body)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.base_url = f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,))
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def test_a_gzip_bomb_answer_is_refused_in_bounded_memory(monkeypatch):
+    import gzip
+
+    from transforms.pubmed import eutils
+
+    monkeypatch.setattr(eutils, "MAX_RESPONSE_BYTES", 1 << 20)
+    bomb = gzip.compress(b"<PubmedArticleSet>" + b" " * (64 << 20), 9)
+    assert len(bomb) < 1 << 20  # passes the bound on what is read, not on what it inflates to
+    with _Hostile(lambda body: (200, {"Content-Encoding": "gzip"}, bomb)) as server:
+        fake = FakeTime()
+        client = EutilsClient(
+            base_url=server.base_url, email=EMAIL, clock=fake.clock, sleep=fake.sleep
+        )
+        (batch,) = client.fetch(["399296"])
+    assert batch.error == "too_large" and "inflates" in batch.detail
+
+
+def test_the_api_key_never_reaches_a_failed_batch():
+    key = "SECRETKEY0123456789"
+
+    def echo(body):  # an error page that quotes the request, key and all
+        return 400, {"Content-Type": "text/plain"}, b"bad request: " + body
+
+    with _Hostile(echo) as server:
+        fake = FakeTime()
+        client = EutilsClient(
+            base_url=server.base_url,
+            email=EMAIL,
+            api_key=key,
+            clock=fake.clock,
+            sleep=fake.sleep,
+        )
+        (batch,) = client.fetch(["399296"])
+    assert batch.error == "http_400" and "bad request" in batch.detail
+    assert key not in batch.detail and "<api_key>" in batch.detail

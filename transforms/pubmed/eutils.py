@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
-import gzip
 import io
 import os
 import random
@@ -24,6 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -426,7 +426,7 @@ class EutilsClient:
             except _Retryable as error:
                 failure = error
             except _Final as error:
-                return Batch(asked, error=error.reason, detail=error.detail, attempts=attempt)
+                return self._failed(asked, error.reason, error.detail, attempt)
             else:
                 returned = {pmid for pmid, _ in records}
                 not_found = tuple(p for p in asked if p not in returned)
@@ -437,15 +437,21 @@ class EutilsClient:
                 return Batch(asked, xml=xml, not_found=not_found, attempts=attempt)
             if attempt > self.max_retries:
                 detail = f"{failure.detail} (after {attempt} attempts)"
-                return Batch(asked, error=failure.reason, detail=detail, attempts=attempt)
+                return self._failed(asked, failure.reason, detail, attempt)
             delay = self._backoff(attempt)
             if failure.retry_after is not None:
                 if failure.retry_after > MAX_RETRY_AFTER:
                     detail = f"{failure.detail}; Retry-After {failure.retry_after:.0f} s too long"
-                    return Batch(asked, error=failure.reason, detail=detail, attempts=attempt)
+                    return self._failed(asked, failure.reason, detail, attempt)
                 delay = max(delay, failure.retry_after)
                 self.limiter.hold(failure.retry_after)
             self.sleep(delay)
+
+    def _failed(self, asked: tuple, reason: str, detail: str, attempts: int) -> Batch:
+        """A failed batch; its detail (server text included) never carries the API key."""
+        if self.api_key:
+            detail = detail.replace(self.api_key, "<api_key>")
+        return Batch(asked, error=reason, detail=detail, attempts=attempts)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, capped, with seeded jitter (0.5x to 1.5x) so clients do not align."""
@@ -488,11 +494,22 @@ class EutilsClient:
         if len(data) > MAX_RESPONSE_BYTES:
             raise _Final("too_large", f"response over {MAX_RESPONSE_BYTES} bytes")
         if encoding.lower() == "gzip":
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as error:
-                raise _Retryable("bad_response", f"bad gzip body: {error}") from None
+            data = _gunzip(data, MAX_RESPONSE_BYTES)
         return data
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip body inflated to at most `limit` bytes: a small body may inflate to gigabytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise _Retryable("bad_response", f"bad gzip body: {error}") from None
+    if len(out) > limit:
+        raise _Final("too_large", f"response inflates to over {limit} bytes")
+    if not inflater.eof:
+        raise _Retryable("bad_response", "bad gzip body: truncated")
+    return out
 
 
 def _cached_batch(group: list[tuple[str, bytes | None]]) -> Batch:

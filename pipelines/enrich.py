@@ -170,7 +170,15 @@ def run(argv=None, test_pipeline=None) -> dict:
         extract_layout.write_link(opts.output, link, s3)
         rows = [footer_rows(uri) for uri in articles]
         total = None if None in rows else sum(rows)
-        shown = progress(opts.log_level, "enrich", ["articles"], total)
+        units = (
+            ["articles", "MEDLINE files", "PubMed records"]
+            if kind == "medline"
+            else [
+                "articles",
+                "PMIDs",
+            ]
+        )
+        shown = progress(opts.log_level, "enrich", units, total)
         result = run_and_report(p, opts.output, time.time(), [], lock, shown)
     return nothing_selected(result, stage.STAGE, "no article was enriched", given.allow_empty)
 

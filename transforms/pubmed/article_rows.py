@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import storage
 from transforms.pubmed.join import columns, parse_pmid
 from transforms.records import ARTICLE_SCHEMA, PUBMED_COLUMNS
-from transforms.sinks import _commit, parquet_options, read_parquet
+from transforms.sinks import _commit, footer_rows, parquet_options, read_parquet
 
 # Articles per batch and row group, as extract writes them: an article's text runs to megabytes.
 BATCH_ROWS = 64
@@ -29,8 +29,6 @@ def pmids(uri: str) -> list:
     for table in read_parquet(uri, [PMID], batch_rows=4096):
         values += table.column(PMID).to_pylist() if PMID in table.column_names else []
     if not values:  # no such column: as many Nones as rows
-        from transforms.sinks import footer_rows
-
         values = [None] * (footer_rows(uri) or 0)
     return values
 

@@ -17,8 +17,6 @@ from transforms.pubmed.medline import latest
 from transforms.records import ARTICLE_SCHEMA, PUBMED_ARTICLE_FIELDS, PubmedDeletion, PubmedRecord
 
 _PMID = re.compile(r"[0-9]{1,12}")
-# The longest article_pmid value a dead letter or report quotes.
-_QUOTED = 80
 
 
 def parse_pmid(value) -> tuple[str | None, str]:
@@ -32,11 +30,6 @@ def parse_pmid(value) -> tuple[str | None, str]:
     if _PMID.fullmatch(text) and int(text) > 0:
         return str(int(text)), ""
     return None, "invalid_pmid"
-
-
-def quoted(value) -> str:
-    text = "" if value is None else str(value)
-    return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ class ParseMedlineFiles(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.records_dropped", records))
             yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.deletions_dropped", deletions))
             return
+        progress.tick("PubMed records", (records + deletions) % 1000)
         progress.tick("MEDLINE files")
         for count, n in (("out", 1), ("records", records), ("deletions", deletions)):
             yield beam.pvalue.TaggedOutput(COUNTS, (f"{MEDLINE}.{count}", n))

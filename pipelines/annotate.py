@@ -24,11 +24,13 @@ from pipelines.flags import UsageError
 from pipelines.options import AnnotateOptions, InputOptions, RunOptions
 from pipelines.runner import (
     REPORT,
+    input_layout,
     main_of,
     make_pipeline,
     output_lock,
     prepare_output,
     progress,
+    refuse_linked_overlap,
     refuse_overlap,
     run_and_report,
 )
@@ -99,13 +101,19 @@ def _keys(uri: str) -> list | None:
 KEY_CHECK_FILES = 16
 
 
-def check_figures(files: list[str], source: str) -> int | None:
-    """Before work: every embeddings file has its figure file of the same name under
-    --input, and the keys of a sample of them (KEY_CHECK_FILES, key columns alone) are rows
-    of those figure files, so the captions and thumbnails come from the figures embed saw.
-    Refuses in one line otherwise; returns the embeddings' row count from the footers
-    (None where a file is unreadable)."""
-    figures = storage.join(source, "extract", "figures")
+def figures_folder(source: str) -> str:
+    """The figures folder of --input: an extract output's own, or the one an enrich
+    output links to (a stale link refused in one line)."""
+    found = input_layout(source)
+    return storage.join(source, "extract", "figures") if found is None else found.figures
+
+
+def check_figures(files: list[str], figures: str) -> int | None:
+    """Before work: every embeddings file has its figure file of the same name in the
+    figures folder of --input (figures_folder), and the keys of a sample of them
+    (KEY_CHECK_FILES, key columns alone) are rows of those figure files, so the captions and
+    thumbnails come from the figures embed saw. Refuses in one line otherwise; returns the
+    embeddings' row count from the footers (None where a file is unreadable)."""
     present = {posixpath.basename(f.uri) for f in storage.glob(storage.join(figures, "*"))}
     missing = [f for f in files if posixpath.basename(f) not in present]
     if missing:
@@ -217,9 +225,8 @@ def warn_if_capped(rows: int | None, opts: AnnotateOptions) -> None:
         )
 
 
-def build(p, opts, source: str, output: str, files, info, model, expert, zero_shot, guard):
-    """Wire the steps (see transforms/annotate/steps.py)."""
-    figures = storage.join(source, "extract", "figures")
+def build(p, opts, figures: str, output: str, files, info, model, expert, zero_shot, guard):
+    """Wire the steps (see transforms/annotate/steps.py); `figures`: figures_folder."""
     model_id, dim = info["model_id"], info["dim"]
     units = p | "EmbeddingFiles" >> beam.Create(files)
     read = units | "ReadEmbeddings" >> beam.ParDo(
@@ -318,12 +325,14 @@ def run(argv=None, test_pipeline=None) -> dict:
     check_values(opts)
     output = run_options.output
     refuse_overlap(output, input=source, embeddings=opts.embeddings)
+    refuse_linked_overlap(output, source)
     options.view_as(SetupOptions).save_main_session = False
 
     # Everything that can refuse the run does so before the output is touched.
     allow_empty = given.allow_empty
     files = embedding_files(opts.embeddings)
-    rows = check_figures(files, source)
+    figures = figures_folder(source)
+    rows = check_figures(files, figures)
     refuse_empty(opts.embeddings, files, rows, allow_empty)
     info = embed_info(opts.embeddings, files)
     model = reused_model(opts.cluster_model, info) if opts.cluster_model else None
@@ -361,7 +370,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     p = make_pipeline(options, test_pipeline)
     run_id = run_lock.new_run_id()
     guard = run_lock.Guard(output, run_id)
-    counts = build(p, opts, source, output, files, info, model, expert, zero_shot, guard)
+    counts = build(p, opts, figures, output, files, info, model, expert, zero_shot, guard)
     counts | "RunReport" >> report.WriteRunReport(storage.join(output, REPORT), stage_terms, header)
     with output_lock(output, run_id) as lock:
         prepare_output(output, REPORT, run_options.overwrite, OUTPUT_PARTS)

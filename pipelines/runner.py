@@ -14,8 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from pipelines import options as options_of
 from pipelines.flags import UsageError, log_level
 from pipelines.options import InputOptions, RunOptions
+from transforms import extract_layout, storage
 from transforms import progress as progress_lines
-from transforms import storage
 from transforms.run_lock import LockError, RunLock
 
 
@@ -81,11 +81,37 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 REPORT = "run_report.json"
 
 
+def input_layout(source: str) -> extract_layout.Layout | None:
+    """The tables of an --input output folder: an extract output's own, or an enrich
+    output's articles beside the figures its link names (checked fresh); None for a figure
+    file or glob. A stale or unreadable link ends the run here, in one line."""
+    if not extract_layout.is_output_folder(source):
+        return None
+    try:
+        return extract_layout.layout(source)
+    except extract_layout.LinkError as err:
+        raise SystemExit(str(err)) from None
+
+
 def figure_files(source: str) -> str:
-    """The Parquet glob of an extract output folder (or the glob itself)."""
-    if source.endswith(".parquet") or any(c in source for c in "*?"):
-        return source
-    return storage.join(source, "extract", "figures", "*.parquet")
+    """The Parquet glob of an extract (or enrich) output folder, or the glob itself."""
+    found = input_layout(source)
+    return source if found is None else found.figure_glob
+
+
+def refuse_linked_overlap(output: str, source: str) -> None:
+    """An --output that is, holds or lies in the figures an enrich --input links to (in
+    another folder) would delete or mix into them, as it would an --input."""
+    found = input_layout(source)
+    if found is None or not found.linked:
+        return
+    try:
+        refuse_overlap(output, input=found.figures)
+    except UsageError:
+        raise UsageError(
+            f"--output {output} overlaps {found.figures}, the figures --input {source} links "
+            "to; write to a folder outside it"
+        ) from None
 
 
 def figure_inputs(pattern: str, allow_empty: bool, empty: str) -> list[storage.FileInfo]:
@@ -115,8 +141,8 @@ def nothing_selected(result: dict, stage: str, why: str, allow_empty: bool) -> d
 
 def job_options(pipeline: str, argv: list[str], description: str):
     """What every job that reads --input and writes --output does first: strict flags (see
-    pipelines.options.parse), both paths given and apart. (the parsed flags, Beam's
-    options, RunOptions' view, --input)."""
+    pipelines.options.parse), both paths given and apart (the figures an enrich output
+    links to included). (the parsed flags, Beam's options, RunOptions' view, --input)."""
     given = options_of.parse(pipeline, argv, description)
     options = PipelineOptions(argv)
     opts = options.view_as(RunOptions)
@@ -124,6 +150,7 @@ def job_options(pipeline: str, argv: list[str], description: str):
     if not source or not opts.output:
         raise UsageError("--input and --output are required")
     refuse_overlap(opts.output, input=source)
+    refuse_linked_overlap(opts.output, source)
     options.view_as(SetupOptions).save_main_session = False
     return given, options, opts, source
 

@@ -31,6 +31,7 @@ from pipelines.runner import (
     REPORT,
     figure_files,
     figure_inputs,
+    input_layout,
     job_options,
     main_of,
     make_pipeline,
@@ -41,7 +42,7 @@ from pipelines.runner import (
     run_and_report,
 )
 from transforms import report, run_lock, storage
-from transforms.article_files import sibling
+from transforms.extract_layout import Layout
 from transforms.outcomes import DEAD
 from transforms.shard import dataset_card
 from transforms.shard.sources import (
@@ -49,6 +50,7 @@ from transforms.shard.sources import (
     TEXT,
     ParquetSource,
     annotations_file,
+    articles_file,
     missing_annotation_columns,
 )
 from transforms.shard.write_shards import (
@@ -94,16 +96,19 @@ def _has_text_column(uri: str) -> bool:
             source.close()
 
 
-def refuse_missing_texts(files: list[storage.FileInfo], without_text: bool) -> None:
+def refuse_missing_texts(
+    files: list[storage.FileInfo], without_text: bool, layout: Layout | None = None
+) -> None:
     """Refuse, before the job, figure files whose article texts are nowhere: no
-    `article_text` column and no articles file of the same name in the sibling folder
-    (copying extract/figures alone would give every sample an empty text, silently)."""
+    `article_text` column and no articles file of the same name in the input's articles
+    folder (`layout`; for a glob, the sibling folder): copying extract/figures alone would
+    give every sample an empty text, silently."""
     if without_text:
         return
     present: dict[str, set[str]] = {}
     missing = []
     for found in files:
-        articles = sibling(found.uri)
+        articles = articles_file(found.uri, layout.articles if layout else None)
         folder, name = posixpath.split(articles)
         if folder not in present:  # one listing per folder, not one request per file
             present[folder] = {
@@ -114,10 +119,12 @@ def refuse_missing_texts(files: list[storage.FileInfo], without_text: bool) -> N
     if missing:
         figures, articles = missing[0]
         more = f" (and {len(missing) - 1} more figure files)" if len(missing) > 1 else ""
+        fix = "copy extract/articles beside extract/figures"
+        if layout is not None and layout.linked:
+            fix = f"--input {layout.root} is an unfinished enrich output: run enrich again"
         raise SystemExit(
-            f"{articles} is missing: it holds the article texts of {figures}{more}; copy "
-            "extract/articles beside extract/figures, or pass --without_article_text to "
-            "write every sample with an empty article_text"
+            f"{articles} is missing: it holds the article texts of {figures}{more}; {fix}, "
+            "or pass --without_article_text to write every sample with an empty article_text"
         )
 
 
@@ -176,8 +183,19 @@ def annotation_inputs(
 
 
 def fingerprint(files: list[storage.FileInfo], parameters: dict) -> dict:
-    """What a run is made of: a second run with the same fingerprint may resume it."""
+    """What a run is made of: a second run with the same fingerprint may resume it. `files`:
+    every file the samples come from, the articles files among them (a new enrich rewrites
+    those alone)."""
     return {"input": [{"path": f.uri, "bytes": f.size} for f in files], "parameters": parameters}
+
+
+def article_inputs(files: list[storage.FileInfo], layout: Layout | None) -> list[storage.FileInfo]:
+    """The articles files of the figure files that exist (one listing of the folder): part
+    of the run's fingerprint, since their columns reach the samples."""
+    wanted = {articles_file(f.uri, layout.articles if layout else None) for f in files}
+    folders = sorted({posixpath.dirname(uri) for uri in wanted})
+    found = [f for d in folders for f in storage.glob(storage.join(d, "*.parquet"))]
+    return sorted((f for f in found if f.uri in wanted), key=lambda f: f.uri)
 
 
 def remove_work(output: str) -> None:
@@ -311,14 +329,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     without_text = options.view_as(ShardInputOptions).without_article_text
     annotations = options.view_as(ShardInputOptions).annotations
     refuse_overlap(opts.output, annotations=annotations)
+    layout = input_layout(source)  # None for a figure file or glob
     files = figure_inputs(figure_files(source), allow_empty, "an empty dataset")
-    refuse_missing_texts(files, without_text)
+    refuse_missing_texts(files, without_text, layout)
     labels = annotation_inputs(files, annotations)
     rows = count_rows([f.uri for f in files])
+    articles = layout.articles if layout else None
     shards = shard_transform(
         options,
         opts.output,
-        ParquetSource(article_text=not without_text, annotations=annotations),
+        ParquetSource(article_text=not without_text, annotations=annotations, articles=articles),
         rows,
     )
     parameters = {
@@ -335,7 +355,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         options,
         test_pipeline,
         source,
-        files + labels,
+        files + article_inputs(files, layout) + labels,
         units,
         shards,
         parameters,

@@ -18,6 +18,8 @@ from transforms.article_files import ARTICLE_ID_COLUMNS, article_id, sibling
 from transforms.records import (
     ANNOTATION_FIELDS,
     ANNOTATION_SCHEMA,
+    ARTICLE_SCHEMA,
+    PUBMED_COLUMNS,
     SHARD_INDEX_SCHEMA,
     ShardPlacement,
     arrow_schema,
@@ -53,31 +55,41 @@ def text_column(texts: list[str]) -> pa.DictionaryArray:
     )
 
 
-class ArticleTexts:
-    """The texts of one articles file, looked up a batch of figures at a time: a forward
-    scan holding one small batch of articles, so figures asked for in the file's order
-    (extract writes figures and articles in the same order) read it once. Articles behind
-    the scan start it over, so any order costs at most two scans a batch of figures; once a
-    scan has seen the whole file, an article it lacks costs none (it gets "")."""
+class ArticleColumns:
+    """Article-level columns of one articles file (the text; the PubMed fields enrich
+    fills), looked up a batch of figures at a time: a forward scan holding one small batch
+    of articles, so figures asked for in the file's order (extract writes figures and
+    articles in the same order) read it once. Articles behind the scan start it over, so any
+    order costs at most two scans a batch of figures; once a scan has seen the whole file,
+    an article it lacks costs none. Of `columns`, those the file has (`present`, known once
+    a batch was read) are looked up; an older articles file lacks the PubMed ones."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, columns: tuple[str, ...] = (TEXT,)):
         self.uri = uri
+        self.columns = tuple(columns)
+        self.present: tuple[str, ...] = ()
         self._scan = None
-        self._batch: dict[tuple, str] = {}
+        self._batch: dict[tuple, dict] = {}
         self._known: set[tuple] | None = None  # every article of the file, once scanned
 
     def _batches(self):
-        columns = [*ARTICLE_ID_COLUMNS, TEXT]
+        wanted = [*ARTICLE_ID_COLUMNS, *self.columns]
+        ids = len(ARTICLE_ID_COLUMNS)
         seen = set()
-        for table in _read_parquet(self.uri, columns, ARTICLE_BATCH_ROWS):
-            values = [table.column(c).to_pylist() for c in columns]
-            batch = {article_id(*row[:-1]): row[-1] or "" for row in zip(*values, strict=True)}
+        for table in _read_parquet(self.uri, wanted, ARTICLE_BATCH_ROWS):
+            names = [c for c in self.columns if c in table.column_names]
+            self.present = tuple(names)
+            values = [table.column(c).to_pylist() for c in [*ARTICLE_ID_COLUMNS, *names]]
+            batch = {
+                article_id(*row[:ids]): dict(zip(names, row[ids:], strict=True))
+                for row in zip(*values, strict=True)
+            }
             seen.update(batch)
             yield batch
         self._known = seen
 
-    def texts(self, wanted: set[tuple]) -> dict[tuple, str]:
-        """{article: text} of the wanted articles the file holds."""
+    def rows(self, wanted: set[tuple]) -> dict[tuple, dict]:
+        """{article: {column: value}} of the wanted articles the file holds."""
         if self._known is not None:
             wanted = wanted & self._known
         found = {a: self._batch[a] for a in wanted if a in self._batch}
@@ -97,6 +109,10 @@ class ArticleTexts:
                     wanted = wanted & self._known
         return found
 
+    def texts(self, wanted: set[tuple]) -> dict[tuple, str]:
+        """{article: text} of the wanted articles the file holds."""
+        return {a: row.get(TEXT) or "" for a, row in self.rows(wanted).items()}
+
     def text(self, article: tuple) -> str:
         return self.texts({article}).get(article, "")
 
@@ -106,10 +122,42 @@ class ArticleTexts:
 
     def lookup(self, table: pa.Table) -> tuple[pa.DictionaryArray, list[bool]]:
         """The text of each row's article, and whether the file held that article."""
-        values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
-        ids = [article_id(*v) for v in values]
+        ids = _article_ids(table)
         found = self.texts(set(ids))
         return text_column([found.get(a, "") for a in ids]), [a in found for a in ids]
+
+    def fill(self, table: pa.Table) -> pa.Table:
+        """A figure table with its articles' columns: the text (if asked: the table has
+        none) appended, a row whose article the file lacks getting "" and TEXT_NOT_FOUND in
+        its fixes; every other column the file has set from the article's row, replacing
+        the figure's own (extract leaves the PubMed ones empty), which a row whose article
+        the file lacks keeps."""
+        ids = _article_ids(table)
+        found = self.rows(set(ids))
+        for name in self.present:
+            if name == TEXT:
+                continue
+            own = _column(table, name)
+            values = [found[a][name] if a in found else v for a, v in zip(ids, own, strict=True)]
+            column = pa.array(values, ARTICLE_SCHEMA.field(name).type)
+            if name in table.column_names:
+                table = table.set_column(table.schema.get_field_index(name), name, column)
+            else:  # a figure file older than the column
+                table = table.append_column(name, column)
+        if TEXT in self.columns:
+            texts = [(found[a].get(TEXT) or "") if a in found else "" for a in ids]
+            table = table.append_column(TEXT, text_column(texts))
+            table = with_fix(table, [a not in found for a in ids], TEXT_NOT_FOUND)
+        return table
+
+
+# The name the text-only lookup had (tests and callers that want texts alone).
+ArticleTexts = ArticleColumns
+
+
+def _article_ids(table: pa.Table) -> list[tuple]:
+    values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
+    return [article_id(*v) for v in values]
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -186,38 +234,57 @@ class UnitAnnotations:
         return with_fix(table, [r is None for r in rows], ANNOTATION_NOT_FOUND)
 
 
+def articles_file(unit: str, articles: str | None = None) -> str:
+    """The articles file of a figure file: the one of its name in `articles` (an output's
+    articles folder, extract_layout.Layout.articles), else beside its figures folder."""
+    return sibling(unit) if articles is None else storage.join(articles, posixpath.basename(unit))
+
+
 class ParquetSource:
-    """Figure Parquet files (extract's output): a unit is a file's URI. The article text,
-    held once per article, comes from the articles file of the same name beside the figures
-    folder; a figure file that carries the column keeps its own. An article that file lacks
-    gets an empty text and a `fixes` entry (TEXT_NOT_FOUND), counted by the shard stage.
-    No articles file: an error (the unit's rows are dead-lettered) unless `article_text`
-    is False (--without_article_text), when every text is empty, as asked.
+    """Figure Parquet files (extract's output): a unit is a file's URI. Article-level
+    columns come from the articles file of the same name (articles_file: in `articles`, the
+    input's articles folder, which an enrich output holds apart from the figures it links
+    to; else beside the figures folder): the text, held once per article, which a figure
+    file that carries the column keeps its own of, and the PubMed fields (PUBMED_COLUMNS)
+    the file has, which replace the figure row's (extract leaves them empty; enrich fills
+    them in its articles files only). An article that file lacks gets an empty text and a
+    `fixes` entry (TEXT_NOT_FOUND), counted by the shard stage, and keeps its figure row's
+    PubMed fields. No articles file: an error (the unit's rows are dead-lettered) unless
+    `article_text` is False (--without_article_text), when every text is empty, as asked.
 
     With `annotations` (annotate's output folder), each sample's labels come from the
     annotations file of its figure file's name (annotations_file), matched by key; a key
     that file lacks keeps empty labels and a `fixes` entry (ANNOTATION_NOT_FOUND)."""
 
-    def __init__(self, article_text: bool = True, annotations: str | None = None):
+    def __init__(
+        self,
+        article_text: bool = True,
+        annotations: str | None = None,
+        articles: str | None = None,
+    ):
         self.article_text = article_text
         self.annotations = annotations
+        self.articles = articles
 
     def light(self, unit: str) -> tuple[pa.Table, list[tuple[str, int]]]:
         return next(_read_parquet(unit, LIGHT_COLUMNS)), []
 
     def full(self, unit: str) -> Iterator[pa.Table]:
-        articles = sibling(unit)
-        texts = ArticleTexts(articles) if storage.exists(articles) else None
+        articles = articles_file(unit, self.articles)
+        joined = None
+        held = storage.exists(articles)
         labels = None
         if self.annotations:
             labels = UnitAnnotations(annotations_file(self.annotations, unit))
         for table in _read_parquet(unit, batch_rows=BATCH_ROWS):
-            if TEXT in table.column_names:
+            own_text = TEXT in table.column_names
+            if held and joined is None:  # a file's batches share one schema: the first says
+                text = () if own_text else (TEXT,)
+                joined = ArticleColumns(articles, (*text, *PUBMED_COLUMNS))
+            if joined is not None:
+                table = joined.fill(table)
+            elif own_text:
                 pass
-            elif texts is not None:
-                column, found = texts.lookup(table)
-                table = table.append_column(TEXT, column)
-                table = with_fix(table, [not f for f in found], TEXT_NOT_FOUND)
             elif not self.article_text:
                 table = table.append_column(TEXT, text_column([""] * table.num_rows))
             else:  # checked before the job: gone since

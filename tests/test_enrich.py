@@ -429,3 +429,44 @@ def test_eutils_rerun_asks_only_for_what_is_missing(eutils_extract, tmp_path):
     assert again["stages"]["eutils"]["from_cache"] == 5
     assert first["stages"]["enrich"]["by_status"] == again["stages"]["enrich"]["by_status"]
     assert (out / enrich.CACHE).is_dir()
+
+
+# ---- end to end: the real enrich output sharded and filtered ---------------------------------
+
+
+def test_shard_and_subset_of_the_enrich_output_carry_the_real_mesh(medline_run, tmp_path):
+    from test_enriched_input import json_samples
+
+    from pipelines import shard, subset
+
+    out, _ = medline_run
+    articles = {r["article_accession_id"]: r for r in rows_of(out)}
+    dataset = tmp_path / "dataset"
+    report = shard.run(["--input", str(out), "--output", str(dataset), "--log_level", "ERROR"])
+    assert report["balanced"]
+    samples = json_samples(dataset)
+    assert samples
+    for sample in samples.values():
+        article = articles[sample["article_accession_id"]]
+        for column in PUBMED_COLUMNS:
+            assert sample[column] == article[column], (sample["key"], column)
+    # (The test set the articles' PMIDs; the figure rows keep the generated ones.)
+    accession = next(a for a, r in articles.items() if r["article_pmid"] == "399307")
+    revised = [s for s in samples.values() if s["article_accession_id"] == accession]
+    assert revised and revised[0]["article_mesh_terms"][1] == "Membranes"
+
+    chosen = tmp_path / "membranes"
+    picked = subset.run(
+        [
+            "--input",
+            str(dataset),
+            "--output",
+            str(chosen),
+            "--where",
+            "'Membranes' in article_mesh_major_topics and article_pubmed_status == 'matched'",
+            "--log_level",
+            "ERROR",
+        ]
+    )
+    assert picked["balanced"]
+    assert set(json_samples(chosen)) == {s["key"] for s in revised}

@@ -13,6 +13,8 @@ With --eutils, fetched records are cached in <--output>/pubmed_cache (or --eutil
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import posixpath
 import sys
@@ -66,23 +68,69 @@ def article_files(found: extract_layout.Layout, s3, allow_empty: bool) -> list[s
     return uris
 
 
+# What a MEDLINE file is named: NLM's `.xml.gz`, or a plain `.xml`. Anything else a glob
+# matches (NLM's `.md5` sidecars, a README) is left out, and said.
+MEDLINE_SUFFIXES = (".xml.gz", ".xml")
+
+
 def medline_files(globs: list[str], s3) -> list[str]:
-    """Every file the --medline globs match, in PubMed's order; refused where none matches,
-    or where two share a name (a record's source is its file's name: two would be one)."""
+    """Every MEDLINE file the --medline globs match, in PubMed's order; refused where none
+    matches, or where two share a name (a record's source is its file's name: two would be
+    one). Folders and other files a glob matches are left out with a warning."""
     uris: dict[str, str] = {}
+    skipped = []
     for pattern in globs:
         matched = storage.glob(pattern, s3)
         if not matched:
             raise UsageError(f"--medline {pattern} matches no file")
         for found in matched:
             name = posixpath.basename(found.uri)
+            local_folder = "://" not in found.uri and os.path.isdir(found.uri)
+            if local_folder or not name.lower().endswith(MEDLINE_SUFFIXES):
+                skipped.append(found.uri)
+                continue
             if name in uris and uris[name] != found.uri:
                 raise UsageError(
                     f"--medline: {uris[name]} and {found.uri} have one name; a record's "
                     "version is told by its file's name (give each MEDLINE file once)"
                 )
             uris[name] = found.uri
+    if skipped:
+        logging.warning(
+            "--medline: left out %d matches that are not MEDLINE files (*.xml.gz, *.xml), e.g. %s",
+            len(skipped),
+            skipped[0],
+        )
+    if not uris:
+        raise UsageError(f"--medline {' '.join(globs)} matches no MEDLINE file (*.xml.gz, *.xml)")
     return [uris[name] for name in sorted(uris, key=file_order_key)]
+
+
+# E-utilities flags and their defaults: given with --medline, they would do nothing.
+EUTILS_FLAGS = {
+    "ncbi_email": None,
+    "ncbi_api_key": None,
+    "eutils_cache": None,
+    "eutils_base_url": eutils.DEFAULT_BASE_URL,
+    "eutils_max_retries": 5,
+    "eutils_timeout": 30.0,
+}
+
+
+def refuse_eutils_flags(enrich: EnrichOptions) -> None:
+    given = [f"--{f}" for f, default in EUTILS_FLAGS.items() if getattr(enrich, f) != default]
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to --eutils only, not --medline")
+
+
+def check_cache(cache: str, s3) -> None:
+    """The cache folder takes a file, before any request: a probe written and removed."""
+    probe = storage.join(cache, f".probe-{os.getpid()}")
+    try:
+        storage.write_bytes(probe, b"", s3)
+        storage.remove(probe, s3)
+    except Exception as err:  # noqa: BLE001 (any storage failure says the same)
+        raise UsageError(f"--eutils_cache {cache} cannot be written: {err}") from None
 
 
 def eutils_settings(enrich: EnrichOptions, output: str, s3) -> dict:
@@ -95,8 +143,10 @@ def eutils_settings(enrich: EnrichOptions, output: str, s3) -> dict:
         )
     if not enrich.eutils_base_url.startswith(("http://", "https://")):
         raise UsageError(f"--eutils_base_url {enrich.eutils_base_url} is not an http(s) URL")
-    if enrich.eutils_max_retries < 0 or enrich.eutils_timeout <= 0:
-        raise UsageError("--eutils_max_retries must be >= 0 and --eutils_timeout > 0")
+    if enrich.eutils_max_retries < 0:
+        raise UsageError(f"--eutils_max_retries must be >= 0, not {enrich.eutils_max_retries}")
+    if not math.isfinite(enrich.eutils_timeout) or enrich.eutils_timeout <= 0:
+        raise UsageError(f"--eutils_timeout must be a positive number, not {enrich.eutils_timeout}")
     cache = enrich.eutils_cache or storage.join(output, CACHE)
     return {
         "base_url": enrich.eutils_base_url,
@@ -140,10 +190,10 @@ def run(argv=None, test_pipeline=None) -> dict:
     if bool(enrich.medline) == bool(enrich.eutils):
         raise UsageError("give --medline GLOB or --eutils (one of them)")
     found, link = source_layout(source, s3)
-    refuse_overlap(opts.output, figures=link["figures"])
     for pattern in enrich.medline or []:
         refuse_overlap(opts.output, medline=pattern)
     if enrich.medline:
+        refuse_eutils_flags(enrich)
         kind, records = "medline", medline_files(enrich.medline, s3)
         parameters = {"medline_files": len(records)}
     else:
@@ -153,6 +203,15 @@ def run(argv=None, test_pipeline=None) -> dict:
             "eutils_cache": records["cache_dir"].root,
             "ncbi_api_key": bool(records["api_key"]),  # whether one was given, never the key
         }
+    if enrich.eutils_cache:  # its own folder: never inside what this run reads
+        for read in (source, link["figures"]):
+            try:
+                refuse_overlap(enrich.eutils_cache, input=read)
+            except UsageError:
+                raise UsageError(
+                    f"--eutils_cache {enrich.eutils_cache} overlaps {read}, which this run "
+                    "reads; keep the cache in a folder of its own"
+                ) from None
     articles = article_files(found, s3, given.allow_empty)
     header = {
         "pipeline": "enrich",
@@ -167,6 +226,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     build(p, articles, opts.output, header, kind, records, s3, guard)
     with output_lock(opts.output, run_id) as lock:
         prepare_output(opts.output, REPORT, opts.overwrite, OUTPUT_PARTS)
+        if kind == "eutils":
+            check_cache(records["cache_dir"].root, s3)
         extract_layout.write_link(opts.output, link, s3)
         rows = [footer_rows(uri) for uri in articles]
         total = None if None in rows else sum(rows)

@@ -470,3 +470,92 @@ def test_shard_and_subset_of_the_enrich_output_carry_the_real_mesh(medline_run, 
     )
     assert picked["balanced"]
     assert set(json_samples(chosen)) == {s["key"] for s in revised}
+
+
+# ---- what a hostile input does ---------------------------------------------------------------
+
+
+def test_an_articles_file_damaged_past_its_pmids_is_a_dead_letter(extract_out, tmp_path):
+    extract = tmp_path / "extract"
+    shutil.copytree(extract_out, extract)
+    good = _articles_file(extract)
+    table = pq.read_table(good)
+    titles = pa.array([[t] for t in table.column("article_title").to_pylist()])
+    bad = table.set_column(table.schema.get_field_index("article_title"), "article_title", titles)
+    pq.write_table(bad, good.parent / "part-99999-of-99999.parquet")  # PMIDs fine, titles not
+    out = tmp_path / "out"
+    report = run_enrich("--input", extract, "--output", out, "--medline", str(BASELINE))
+    assert report["balanced"]
+    stage, files = report["stages"]["enrich"], report["stages"]["enrich_files"]
+    assert stage["in"] == 2 * table.num_rows and stage["out"] == stage["dead_letter"]
+    assert (files["in"], files["out"], files["dead_letter"]) == (2, 1, 1)
+    (letter,) = read_dead_letters(out)
+    assert letter["key"] == "part-99999-of-99999.parquet"
+    assert letter["reason"] == "articles_file_invalid" and "article_title" in letter["detail"]
+    written = sorted(p.name for p in (out / "extract" / "articles").iterdir())
+    assert written == [good.name]  # no partial file, no leftover
+
+
+def test_folders_sidecars_and_upper_case_names_in_a_medline_glob(extract_out, tmp_path, caplog):
+    medline = tmp_path / "medline"
+    (medline / "sub").mkdir(parents=True)
+    shutil.copy(BASELINE, medline / "PUBMED20N0014.XML.GZ")
+    shutil.copy(UPDATE, medline / UPDATE.name)
+    (medline / f"{UPDATE.name}.md5").write_text("MD5(x)= 0123\n")
+    out = tmp_path / "out"
+    report = run_enrich("--input", extract_out, "--output", out, "--medline", medline / "*")
+    assert report["stages"]["medline"]["in"] == 2 and report["stages"]["medline"]["out"] == 2
+    assert "left out 1 matches" in caplog.text  # the .md5 (a glob matches no folder)
+    statuses = [r["article_pubmed_status"] for r in rows_of(out)][: len(CASES)]
+    assert statuses == [s for _, s in CASES]
+    # A folder given as the glob is not a MEDLINE file either.
+    code = main_of(enrich.run, "enrich")(
+        ["--input", str(extract_out), "--output", str(tmp_path / "o2"), "--medline", str(medline)]
+    )
+    assert code == 2
+
+
+def test_a_failed_file_makes_every_unmatched_pmid_source_failed(extract_out, tmp_path):
+    medline = tmp_path / "medline"
+    medline.mkdir()
+    shutil.copy(BASELINE, medline / BASELINE.name)
+    (medline / "pubmed21n0001.xml.gz").write_bytes(gzip.compress(b"<PubmedArticleSet><Pub"))
+    out = tmp_path / "out"
+    report = run_enrich("--input", extract_out, "--output", out, "--medline", medline / "*")
+    rows = {r["article_pmid"]: r["article_pubmed_status"] for r in rows_of(out)}
+    # Not "not_found": the broken file may have held them.
+    assert rows["99999999"] == rows["31647768"] == "source_failed"
+    assert rows["399296"] == "matched" and rows[""] == "no_pmid"
+    assert report["stages"]["enrich"]["by_status"]["source_failed"] >= 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--medline", str(BASELINE), "--ncbi_api_key", "K"], "--ncbi_api_key apply to --eutils"),
+        (["--medline", str(BASELINE), "--eutils_cache", "/tmp/c"], "--eutils_cache apply"),
+        (["--eutils", "--ncbi_email", EMAIL, "--eutils_timeout", "nan"], "--eutils_timeout"),
+        (["--eutils", "--ncbi_email", EMAIL, "--eutils_max_retries", "-1"], "max_retries"),
+    ],
+)
+def test_eutils_flag_errors_before_work(extract_out, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    code = main_of(enrich.run, "enrich")(["--input", str(extract_out), "--output", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cache_that_cannot_be_written_or_lies_in_the_input(extract_out, tmp_path, capsys):
+    main = main_of(enrich.run, "enrich")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["--input", str(extract_out), "--eutils", "--ncbi_email", EMAIL]
+    with EutilsServer(load_articles()) as server:
+        argv += ["--eutils_base_url", server.base_url]
+        code = main([*argv, "--output", str(tmp_path / "o1"), "--eutils_cache", str(blocker / "c")])
+        assert code == 2 and "cannot be written" in capsys.readouterr().err
+        inside = str(extract_out / "cache")
+        code = main([*argv, "--output", str(tmp_path / "o2"), "--eutils_cache", inside])
+        assert code == 2 and "which this run reads" in capsys.readouterr().err
+        assert not (extract_out / "cache").exists()
+        assert server.efetch_requests() == []

@@ -379,3 +379,25 @@ def test_the_api_key_never_reaches_a_failed_batch():
         (batch,) = client.fetch(["399296"])
     assert batch.error == "http_400" and "bad request" in batch.detail
     assert key not in batch.detail and "<api_key>" in batch.detail
+
+
+def test_a_retry_after_too_long_to_wait_fails_the_later_batches_unasked(server, articles):
+    fake = FakeTime()
+    server.fail_next(429, 1, retry_after=3600)
+    client = client_of(server, fake, batch_size=1)
+    batches = list(client.fetch(sorted(articles)))
+    assert [b.error for b in batches] == ["http_429"] * len(articles)
+    assert "too long" in batches[0].detail and "not asked" in batches[1].detail
+    assert len(server.requests) == 1  # the server's wish kept: nothing more was sent
+    fake.now += 3601
+    [later] = client.fetch(sorted(articles)[:1])
+    assert later.ok and len(server.requests) == 2
+
+
+def test_an_unwritable_cache_costs_reruns_not_this_run(server, articles, tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    client = client_of(server, cache_dir=str(blocker / "cache"))
+    [batch] = client.fetch(sorted(articles))
+    assert batch.ok and not batch.not_found
+    assert "cannot be written" in caplog.text

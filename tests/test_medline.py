@@ -269,3 +269,29 @@ def test_memory_stays_flat_with_file_size(tmp_path):
     if Path("/proc/self/statm").exists():
         # Each record's tree is about 10 KB in libxml2: kept, 10,000 of them would add 100 MB.
         assert _rss_growth(large) < 8 * 2**20
+
+
+def test_one_element_past_the_record_bound_is_a_dead_file_in_bounded_memory(monkeypatch):
+    from transforms.pubmed import medline
+
+    monkeypatch.setattr(medline, "MAX_RECORD_BYTES", 4 << 20)
+    head = b'<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID Version="1">5</PMID>'
+    heading = (
+        b'<MeshHeading><DescriptorName UI="D1" MajorTopicYN="N">X</DescriptorName></MeshHeading>'
+    )
+    stream = io.BytesIO(head + b"<MeshHeadingList>" + heading * 300_000)  # 18 MB, one record
+    with pytest.raises(medline.MedlineError) as caught:
+        list(medline.parse_medline(stream, "huge.xml"))
+    assert caught.value.reason == "record_too_large"
+    assert stream.tell() < 8 << 20  # refused soon after the bound, not at the end
+
+
+def test_records_not_under_the_root_are_not_this_files():
+    from transforms.pubmed.medline import parse_medline
+
+    xml = (
+        b"<PubmedArticleSet><Wrapper><PubmedArticle><MedlineCitation><PMID>7</PMID>"
+        b"</MedlineCitation></PubmedArticle></Wrapper><PubmedArticle><MedlineCitation>"
+        b"<PMID>8</PMID></MedlineCitation></PubmedArticle></PubmedArticleSet>"
+    )
+    assert [r.pmid for r in parse_medline(io.BytesIO(xml), "f.xml")] == ["8"]

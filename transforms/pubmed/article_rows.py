@@ -7,6 +7,7 @@ gains the PubMed columns; a column this version does not know travels on after t
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
 import pyarrow as pa
@@ -39,6 +40,10 @@ def status_without_match(pmid_value) -> str:
     return why if pmid is None else "not_found"
 
 
+class BadArticlesFile(ValueError):
+    """An articles file that cannot be read whole, or whose columns are not an article's."""
+
+
 def _schema(found: pa.Schema) -> pa.Schema:
     known = set(ARTICLE_SCHEMA.names)
     return pa.schema(list(ARTICLE_SCHEMA) + [f for f in found if f.name not in known])
@@ -49,7 +54,14 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     for field in schema:
         if field.name in table.column_names:
             column = table.column(field.name)
-            out.append(column if column.type == field.type else column.cast(field.type))
+            if column.type != field.type:
+                try:
+                    column = column.cast(field.type)
+                except (pa.ArrowException, ValueError, TypeError) as err:
+                    raise BadArticlesFile(
+                        f"column {field.name} is {column.type}, not {field.type}: {err}"
+                    ) from None
+            out.append(column)
         elif pa.types.is_list(field.type):
             out.append(pa.array([[]] * table.num_rows, field.type))
         else:
@@ -64,22 +76,39 @@ def _with_pubmed(table: pa.Table, values: list[dict]) -> pa.Table:
     return table
 
 
+def _tables(src: str):
+    """The file's batches, conformed; BadArticlesFile for anything wrong with the input (an
+    output that cannot be written raises its own error, to be retried)."""
+    batches = read_parquet(src, batch_rows=BATCH_ROWS)
+    schema = None
+    while True:
+        try:
+            table = next(batches, None)
+            if table is None:
+                return
+            schema = schema or _schema(table.schema)
+            yield schema, _conform(table, schema)
+        except BadArticlesFile:
+            raise
+        except (OSError, ValueError, TypeError, pa.ArrowException) as err:
+            raise BadArticlesFile(f"{type(err).__name__}: {err}") from None
+
+
 def write_enriched(src: str, dst: str, found: dict[int, dict], guard=None) -> Counter:
     """`src` rewritten to `dst` with each row's PubMed columns: `found[row]` (join.columns)
     where the join settled the row's PMID, else the status of a row without one. Returns the
-    count of rows by status."""
+    count of rows by status. BadArticlesFile (and nothing written) where `src` is damaged."""
     statuses: Counter = Counter()
     folder, name = dst.rsplit("/", 1) if "://" in dst else _split_local(dst)
-    aside = storage.join(folder, f"_{name}.inprogress")
+    # Named for this attempt: a retried bundle never shares its file with an earlier one.
+    aside = storage.join(folder, f"_{name}.{uuid.uuid4().hex[:12]}.inprogress")
     writer = sink = None
     row = 0
     try:
-        for table in read_parquet(src, batch_rows=BATCH_ROWS):
+        for schema, table in _tables(src):
             if writer is None:
-                schema = _schema(table.schema)
                 sink = FileSystems.create(aside, compression_type="uncompressed")
                 writer = pq.ParquetWriter(sink, schema, **parquet_options(schema))
-            table = _conform(table, schema)
             values = []
             for pmid_value in table.column(PMID).to_pylist():
                 value = found.get(row) or columns(status_without_match(pmid_value))
@@ -95,6 +124,9 @@ def write_enriched(src: str, dst: str, found: dict[int, dict], guard=None) -> Co
         writer = None
         sink.close()
         sink = None
+        extra = set(found) - set(range(row))
+        if extra:  # the file changed between the PMID scan and this write
+            raise BadArticlesFile(f"{row} rows, but rows {sorted(extra)[:5]} were joined")
     except BaseException:
         if writer is not None:
             writer.close()
@@ -103,10 +135,6 @@ def write_enriched(src: str, dst: str, found: dict[int, dict], guard=None) -> Co
         if FileSystems.exists(aside):
             FileSystems.delete([aside])
         raise
-    extra = set(found) - set(range(row))
-    if extra:  # the file changed between the PMID scan and this write
-        FileSystems.delete([aside])
-        raise ValueError(f"{src} has {row} rows, but rows {sorted(extra)[:5]} were joined")
     _commit(aside, dst, guard)
     return statuses
 

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import email.utils
 import io
+import logging
 import os
 import random
 import re
@@ -29,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lxml import etree
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 MAX_IDS = 200  # ids per efetch POST
@@ -85,6 +88,7 @@ class RateLimiter:
         self.clock, self.sleep = clock, sleep
         self._lock = threading.Lock()
         self._next = float("-inf")
+        self._refused_until = float("-inf")
 
     def acquire(self) -> None:
         with self._lock:
@@ -98,6 +102,17 @@ class RateLimiter:
         """No start before `seconds` from now (a server's Retry-After holds every thread)."""
         with self._lock:
             self._next = max(self._next, self.clock() + seconds)
+
+    def refuse_for(self, seconds: float) -> None:
+        """A server asked for a wait longer than a worker may stall: no request until then;
+        the batches meant for that time fail at once instead (see `refusing`)."""
+        with self._lock:
+            self._refused_until = max(self._refused_until, self.clock() + seconds)
+
+    def refusing(self) -> float:
+        """Seconds left of a wait `refuse_for` set (0: none)."""
+        with self._lock:
+            return max(0.0, self._refused_until - self.clock())
 
 
 _limiters: dict[tuple[str, str | None], RateLimiter] = {}
@@ -341,6 +356,7 @@ class EutilsClient:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.workers = workers
+        self._cache_warned = False
 
     @property
     def efetch_url(self) -> str:
@@ -411,6 +427,10 @@ class EutilsClient:
         body = urllib.parse.urlencode(self.form(list(pmids))).encode("ascii")
         attempt = 0
         while True:
+            wait = self.limiter.refusing()
+            if wait > 0:
+                detail = f"not asked: the server asked to wait {wait:.0f} s more (Retry-After)"
+                return self._failed(asked, "http_429", detail, attempt)
             attempt += 1
             self.limiter.acquire()
             try:
@@ -430,10 +450,7 @@ class EutilsClient:
             else:
                 returned = {pmid for pmid, _ in records}
                 not_found = tuple(p for p in asked if p not in returned)
-                if self.cache is not None:
-                    for pmid, record in records:
-                        self.cache.put(pmid, record)
-                    self.cache.add_not_found(not_found)
+                self._remember(records, not_found)
                 return Batch(asked, xml=xml, not_found=not_found, attempts=attempt)
             if attempt > self.max_retries:
                 detail = f"{failure.detail} (after {attempt} attempts)"
@@ -442,10 +459,25 @@ class EutilsClient:
             if failure.retry_after is not None:
                 if failure.retry_after > MAX_RETRY_AFTER:
                     detail = f"{failure.detail}; Retry-After {failure.retry_after:.0f} s too long"
+                    self.limiter.refuse_for(failure.retry_after)
                     return self._failed(asked, failure.reason, detail, attempt)
                 delay = max(delay, failure.retry_after)
                 self.limiter.hold(failure.retry_after)
             self.sleep(delay)
+
+    def _remember(self, records: list[tuple[str, bytes]], not_found: tuple[str, ...]) -> None:
+        """Fill the cache; one that cannot be written costs reruns, not this run."""
+        if self.cache is None:
+            return
+        try:
+            for pmid, record in records:
+                self.cache.put(pmid, record)
+            self.cache.add_not_found(not_found)
+        except Exception as error:  # noqa: BLE001 (any storage failure)
+            if not self._cache_warned:
+                self._cache_warned = True
+                root = self.cache.root
+                log.warning("the E-utilities cache %s cannot be written: %s", root, error)
 
     def _failed(self, asked: tuple, reason: str, detail: str, attempts: int) -> Batch:
         """A failed batch; its detail (server text included) never carries the API key."""

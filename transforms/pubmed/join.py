@@ -48,24 +48,26 @@ def resolve(
     """(article_pubmed_status, the record that stands or None) for one PMID.
 
     Versions from a MEDLINE file that failed to parse are dropped (the file is a dead letter,
-    and what it held before the error cannot be trusted to be its last word on the PMID); a
-    PMID that only such files named is `source_failed`, not `not_found`."""
-    kept, dropped, failure = [], False, None
-    for version in versions:
-        if isinstance(version, FetchFailure):
-            failure = version
-        elif version.source_file in failed_files:
-            dropped = True
-        else:
-            kept.append(version)
-    standing = latest(kept)
+    and what it held before the error cannot be trusted to be its last word on the PMID).
+    Where no version stands and some file failed, the PMID is `source_failed`, not
+    `not_found`: the failed file may have held it past the point it broke."""
+    failures = []
+
+    def usable():  # streamed: a PMID with a million versions costs no list of them
+        for version in versions:
+            if isinstance(version, FetchFailure):
+                failures.append(version)
+            elif version.source_file not in failed_files:
+                yield version
+
+    standing = latest(usable())
     if isinstance(standing, PubmedRecord):
         return "matched", standing
     if isinstance(standing, PubmedDeletion):
         return "deleted", None
-    if failure is not None:
+    if failures:
         return "fetch_failed", None
-    return ("source_failed" if dropped else "not_found"), None
+    return ("source_failed" if failed_files else "not_found"), None
 
 
 def columns(status: str, record: PubmedRecord | None = None) -> dict:

@@ -41,6 +41,9 @@ _MONTHS = {
 _FILE_NUMBER = re.compile(r"pubmed(\d+)n(\d+)", re.IGNORECASE)
 # Reads of this size keep the gzip and XML layers' per-call overhead small.
 _READ_SIZE = 1 << 20
+# XML read without a record or deletion ending: past this, one element is no MEDLINE record
+# (the largest real ones, thousands of authors, are a few MB) and would hold its whole tree.
+MAX_RECORD_BYTES = 32 << 20
 
 
 class MedlineError(Exception):
@@ -49,7 +52,8 @@ class MedlineError(Exception):
     def __init__(self, source_file: str, reason: str, detail: str = ""):
         super().__init__(f"{source_file}: {reason}" + (f": {detail}" if detail else ""))
         self.source_file = source_file
-        self.reason = reason  # unreadable | gzip_corrupt | xml_malformed | not_medline
+        # unreadable | gzip_corrupt | xml_malformed | not_medline | record_too_large
+        self.reason = reason
         self.detail = detail
 
 
@@ -172,8 +176,9 @@ def parse_medline(stream: BinaryIO, source_file: str) -> Iterator[PubmedRecord |
     `<PubmedArticle>` without MedlineCitation/PMID cannot be keyed and is skipped. Raises
     `MedlineError` where the stream turns out unreadable; see the module's contract.
     """
+    counted = _Counted(stream)
     events = etree.iterparse(
-        stream,
+        counted,
         events=("end",),
         tag=(ARTICLE, DELETE),
         remove_blank_text=True,
@@ -186,6 +191,13 @@ def parse_medline(stream: BinaryIO, source_file: str) -> Iterator[PubmedRecord |
     position = 0
     try:
         for _, element in events:
+            counted.mark = counted.total
+            parent = element.getparent()
+            if parent is None or parent.getparent() is not None:
+                # Not a child of the document's root (wrapped in something else): no record
+                # of this file, as E-utilities' reader (eutils.split_records) sees it too.
+                element.clear(keep_tail=False)
+                continue
             if element.tag == ARTICLE:
                 record = _record(element, source_file, position)
                 if record is not None:
@@ -196,11 +208,15 @@ def parse_medline(stream: BinaryIO, source_file: str) -> Iterator[PubmedRecord |
                         yield PubmedDeletion(_text(pmid), _version(pmid), source_file, position)
             position += 1
             element.clear(keep_tail=False)
-            parent = element.getparent()
-            if parent is not None:
-                while element.getprevious() is not None:
-                    del parent[0]
+            while element.getprevious() is not None:
+                del parent[0]
         root = events.root
+    except _RecordTooLarge:
+        raise MedlineError(
+            source_file,
+            "record_too_large",
+            f"over {MAX_RECORD_BYTES} bytes of XML without a record ending",
+        ) from None
     except etree.XMLSyntaxError as err:
         raise MedlineError(source_file, "xml_malformed", str(err)) from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
@@ -216,7 +232,7 @@ def open_medline(uri: str, s3: S3Config = S3Config()) -> BinaryIO:
     """A forward-only stream of a MEDLINE file's XML (local, gs://, s3://), decompressed as
     it is read where the name ends in .gz. Closing it closes the underlying stream."""
     raw = open_stream(uri, s3)
-    if not uri.endswith(".gz"):
+    if not uri.lower().endswith(".gz"):
         return raw
     return _GzipStream(raw)
 
@@ -245,6 +261,26 @@ def read_medline(uri: str, s3: S3Config = S3Config()) -> Iterator[PubmedRecord |
         raise MedlineError(name, "unreadable", str(err)) from None
     with stream:
         yield from parse_medline(_Chunked(stream), name)
+
+
+class _RecordTooLarge(Exception):
+    pass
+
+
+class _Counted:
+    """The stream, counting what the parser read; refuses to read on past MAX_RECORD_BYTES
+    since the last element ended (`mark`)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.total = self.mark = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.total - self.mark > MAX_RECORD_BYTES:
+            raise _RecordTooLarge
+        data = self._stream.read(size)
+        self.total += len(data)
+        return data
 
 
 class _Chunked:

@@ -32,12 +32,12 @@ from transforms.pubmed.eutils import EutilsClient
 from transforms.pubmed.medline import MedlineError, parse_medline, read_medline
 from transforms.records import PubmedRecord
 
-STAGE = "enrich"  # articles: in = out
+STAGE = "enrich"  # articles: in = out + those of files found damaged when rewritten
 FILES = "enrich_files"  # articles files: in = out + dead letters (unreadable)
 MEDLINE = "medline"  # MEDLINE files: in = out + dead letters (malformed)
 EUTILS = "eutils"  # PMIDs asked: in = out (found or not found) + dead letters (failed)
 STAGES = {
-    STAGE: ("out",),
+    STAGE: ("out", "dead_letter"),
     FILES: ("out", "dead_letter"),
 }
 SOURCE_STAGES = {
@@ -46,7 +46,7 @@ SOURCE_STAGES = {
 }
 COUNTS = "counts"  # (count name, n) pairs for the run report
 FAILED = "failed"  # names of MEDLINE files that failed to parse
-UNREADABLE = "unreadable"  # names of articles files that could not be read
+SCANNED = "scanned"  # (articles file name, rows) of each file the PMID scan read
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class ArticlePmids(beam.DoFn):
             values = article_rows.pmids(uri)
         except Exception as err:  # noqa: BLE001 (a damaged file is data: a dead letter)
             yield dead(FILES, name, "articles_file_unreadable", f"{type(err).__name__}: {err}", uri)
-            yield beam.pvalue.TaggedOutput(UNREADABLE, name)
             return
         yield beam.pvalue.TaggedOutput(COUNTS, (f"{STAGE}.in", len(values)))
+        yield beam.pvalue.TaggedOutput(SCANNED, (name, len(values)))
         for row, value in enumerate(values):
             pmid, _ = join.parse_pmid(value)
             if pmid is not None:
@@ -202,31 +202,39 @@ class ResolvePmid(beam.DoFn):
 
     def process(self, element, failed):
         pmid, grouped = element
-        refs = list(grouped["articles"])
-        if not refs:  # most of PubMed: no article of this run names it
+        refs = grouped["articles"]
+        if next(iter(refs), None) is None:  # a version of a PMID no article names
             return
         status, record = join.resolve(grouped["pubmed"], set(failed))
         values = join.columns(status, record)
-        for name, row in refs:
+        for name, row in refs:  # iterated, not listed: a PMID many articles name stays cheap
             yield name, (row, values)
 
 
 class WriteEnrichedFile(beam.DoFn):
-    """(file name, {uri: [uri], rows: [(row, columns)]}) -> the articles file written to
-    `directory`; counts by status."""
+    """(file name, {uri: [uri], scanned: [rows], rows: [(row, columns)]}) -> the articles
+    file written to `directory`; counts by status. A file found damaged now (the scan read
+    its PMIDs alone) is a dead letter, and its rows are counted as such."""
 
     def __init__(self, directory: str, guard=None):
         self.directory, self.guard = directory, guard
 
-    def process(self, element, unreadable):
+    def process(self, element):
+        """Yields (count name, n) pairs, and dead letters of a damaged file."""
         name, grouped = element
-        uris = list(grouped["uri"])
-        if not uris or name in set(unreadable):
+        uris, scanned = list(grouped["uri"]), list(grouped["scanned"])
+        if not uris or not scanned:  # unreadable to the scan: a dead letter already
             return
         found = dict(grouped["rows"])
-        statuses = article_rows.write_enriched(
-            uris[0], storage.join(self.directory, name), found, self.guard
-        )
+        try:
+            statuses = article_rows.write_enriched(
+                uris[0], storage.join(self.directory, name), found, self.guard
+            )
+        except article_rows.BadArticlesFile as err:
+            # Its rows were counted in by the PMID scan: they leave as dead letters.
+            yield dead(FILES, name, "articles_file_invalid", str(err), uris[0])
+            yield f"{STAGE}.dead_letter", scanned[0]
+            return
         written = sum(statuses.values())
         progress.tick("articles", written)
         yield f"{STAGE}.out", written
@@ -262,7 +270,7 @@ class EnrichArticles(beam.PTransform):
         scanned = (
             uris
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ArticlePmids" >> beam.ParDo(ArticlePmids()).with_outputs(DEAD, COUNTS, UNREADABLE)
+            | "ArticlePmids" >> beam.ParDo(ArticlePmids()).with_outputs(DEAD, COUNTS, SCANNED)
         )
         refs = scanned[None]
         dead_letters = [scanned[DEAD]]
@@ -310,15 +318,13 @@ class EnrichArticles(beam.PTransform):
             | "Resolve" >> beam.ParDo(ResolvePmid(), beam.pvalue.AsList(failed))
         )
         written = (
-            {"uri": keyed_uris, "rows": rows}
+            {"uri": keyed_uris, "scanned": scanned[SCANNED], "rows": rows}
             | "ByFile" >> beam.CoGroupByKey()
             | "WriteArticles"
-            >> beam.ParDo(
-                WriteEnrichedFile(self.directory, self.guard),
-                beam.pvalue.AsList(scanned[UNREADABLE]),
-            )
+            >> beam.ParDo(WriteEnrichedFile(self.directory, self.guard)).with_outputs(DEAD)
         )
-        counts.append(written)
+        counts.append(written[None])
+        dead_letters.append(written[DEAD])
         return {
             COUNTS: counts | "AllCounts" >> beam.Flatten(),
             DEAD: dead_letters | "AllDead" >> beam.Flatten(),

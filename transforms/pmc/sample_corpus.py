@@ -1707,18 +1707,27 @@ def generate_corpus(
     build = partial(
         build_article, output=output, seed=seed, image_side=image_side, start_pmcid=start_pmcid
     )
+    medline = sample_medline.MedlineWriter()
+
+    def collect(built) -> list[dict]:
+        # Each article's PubMed XML goes into the compressed files as it comes: not held.
+        kept = []
+        for result in built:
+            medline.add(result.pop("medline"))
+            kept.append(result)
+        return kept
+
     if workers > 1 and articles > 1:
         import multiprocessing
 
         with multiprocessing.get_context().Pool(workers) as pool:
-            results = list(pool.imap(build, range(articles), chunksize=4))
+            results = collect(pool.imap(build, range(articles), chunksize=4))
     else:
-        results = [build(i) for i in range(articles)]
+        results = collect(build(i) for i in range(articles))
 
     rows = [row for r in results for row in r["rows"]]
     manifest = write_inventory(output, rows, seed, split=articles > 10)
-    medline = [r["medline"] for r in results]
-    pubmed = sample_medline.write_medline(output, medline)
+    pubmed = medline.write(output)
     stats: Counter = Counter()
     features: Counter = Counter()
     licenses: Counter = Counter()
@@ -1762,7 +1771,7 @@ def generate_corpus(
         "summary": summary,
         "duplicates": duplicates,
         "figure_kinds": dict(sorted(kv for r in results for kv in r["figure_kinds"].items())),
-        "pubmed": sample_medline.manifest_entries(medline),
+        "pubmed": medline.entries,
     }
     storage.write_bytes(
         storage.join(output, MANIFEST_NAME),

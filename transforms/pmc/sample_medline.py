@@ -21,7 +21,8 @@ MeSH headings come from what the article is about, as its text and figures show 
 disease and cells its title names, the genes among its keywords, the tissues and drugs its
 abstract names, mice or human material, and the methods its figure kinds stand for
 (`KIND_DESCRIPTORS`). Every descriptor, qualifier and publication type name goes with its
-real MeSH unique id (checked against NLM's MEDLINE files). Deterministic by seed: the same
+real MeSH unique id: each but Glioblastoma's is the id two real NLM files (baseline
+pubmed20n0014, update pubmed21n1298) give that name. Deterministic by seed: the same
 corpus gives byte-identical files.
 """
 
@@ -618,68 +619,83 @@ def _replace_revised(dates: _Dates, revised: date) -> _Dates:
 # ---- the two files -------------------------------------------------------------------------
 
 
-def _gzip(chunks) -> bytes:
-    # mtime=0 and no file name in the header: the same records give the same bytes.
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as zipped:
-        for chunk in chunks:
-            zipped.write(chunk)
-    return out.getvalue()
+class MedlineWriter:
+    """The baseline and update files, compressed as the articles come (by index, which is
+    PMID order, as NLM orders records), so a corpus of many articles never holds their XML:
+    only a few hundred bytes each, compressed, and what the manifest lists per PMID."""
+
+    def __init__(self):
+        self._files = {name: io.BytesIO() for name in FILES}
+        # mtime=0 and no file name in the header: the same records give the same bytes.
+        self._zipped = {
+            name: gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0)
+            for name, out in self._files.items()
+        }
+        for zipped in self._zipped.values():
+            zipped.write(_HEADER.encode())
+        self._deleted: list[str] = []
+        self._fates: Counter = Counter()
+        self._records: Counter = Counter()
+        self.entries: dict[str, dict] = {}
+
+    def add(self, article: ArticleMedline) -> None:
+        for name, data in ((BASELINE, article.baseline), (UPDATE, article.update)):
+            if data:
+                self._zipped[name].write(data)
+                self._records[name] += 1
+        if article.deleted:
+            self._deleted.append(article.pmid)
+        self._fates[article.fate] += 1
+        entry = {"fate": article.fate, "status": STATUS_OF_FATE[article.fate]}
+        if entry["status"] == "matched":
+            entry["mesh_terms"] = list(article.mesh_terms)
+            entry["date_revised"] = article.date_revised
+            entry["source"] = UPDATE if article.update else BASELINE
+        self.entries[article.pmid] = entry
+
+    def finish(self) -> dict[str, bytes]:
+        """{file name: gzip bytes}; the update's `<DeleteCitation>` after its records, as NLM
+        writes it. Both files are whole even when one holds no record, so a glob of the
+        folder always finds both."""
+        if self._deleted:
+            pmids = "".join(f'<PMID Version="1">{pmid}</PMID>\n' for pmid in self._deleted)
+            self._zipped[UPDATE].write(f"<DeleteCitation>\n{pmids}</DeleteCitation>\n".encode())
+        for zipped in self._zipped.values():
+            zipped.write(_FOOTER.encode())
+            zipped.close()
+        return {name: out.getvalue() for name, out in self._files.items()}
+
+    def summary(self) -> dict:
+        """What the files hold, for the corpus summary: records per file, revisions,
+        deletions, articles without a record, and the article_pubmed_status enrich gives
+        each article."""
+        fates = self._fates
+        statuses: Counter = Counter()
+        for fate_, n in fates.items():
+            statuses[STATUS_OF_FATE[fate_]] += n
+        shown = {s: statuses[s] for s in ("matched", "deleted", "not_found") if statuses[s]}
+        return {
+            "files": [f"{FOLDER}/{name}" for name in FILES],
+            "baseline_records": self._records[BASELINE],
+            "update_records": self._records[UPDATE],
+            "revised": fates["revised"],
+            "new_in_update": fates["new"],
+            "deletions": fates["deleted"],
+            "missing": fates["missing"],
+            "without_mesh": fates["not_indexed"],
+            "statuses": shown,
+        }
+
+    def write(self, output: str) -> dict:
+        """Write `<output>/pubmed/` (both files); return the summary."""
+        for name, data in self.finish().items():
+            storage.write_bytes(storage.join(output, FOLDER, name), data)
+        return self.summary()
 
 
 def medline_files(articles: list[ArticleMedline]) -> dict[str, bytes]:
-    """{file name: gzip bytes} of the baseline and update files, records in PMID order and,
-    in the update, the `<DeleteCitation>` after them (as NLM writes them). Both files are
-    written even when one holds nothing, so a glob of the folder always finds both."""
-    ordered = sorted(articles, key=lambda a: int(a.pmid))
-    baseline = [a.baseline for a in ordered if a.baseline]
-    update = [a.update for a in ordered if a.update]
-    deleted = [a.pmid for a in ordered if a.deleted]
-    tail = []
-    if deleted:
-        pmids = "".join(f'<PMID Version="1">{pmid}</PMID>\n' for pmid in deleted)
-        tail = [f"<DeleteCitation>\n{pmids}</DeleteCitation>\n".encode()]
-    header, footer = _HEADER.encode(), _FOOTER.encode()
-    return {
-        BASELINE: _gzip([header, *baseline, footer]),
-        UPDATE: _gzip([header, *update, *tail, footer]),
-    }
-
-
-def summary(articles: list[ArticleMedline]) -> dict:
-    """What the files hold, for the corpus summary: records per file, revisions, deletions,
-    articles without a record, and the article_pubmed_status enrich gives each article."""
-    fates = Counter(a.fate for a in articles)
-    statuses = Counter(STATUS_OF_FATE[a.fate] for a in articles)
-    return {
-        "files": [f"{FOLDER}/{name}" for name in FILES],
-        "baseline_records": sum(1 for a in articles if a.baseline),
-        "update_records": sum(1 for a in articles if a.update),
-        "revised": fates["revised"],
-        "new_in_update": fates["new"],
-        "deletions": fates["deleted"],
-        "missing": fates["missing"],
-        "without_mesh": fates["not_indexed"],
-        "statuses": {s: statuses[s] for s in ("matched", "deleted", "not_found") if statuses[s]},
-    }
-
-
-def manifest_entries(articles: list[ArticleMedline]) -> dict[str, dict]:
-    """{PMID: {fate, status, and for a record that stands: its MeSH terms and DateRevised}},
-    for the corpus manifest: what enrich must give each article."""
-    out = {}
-    for a in sorted(articles, key=lambda a: int(a.pmid)):
-        entry = {"fate": a.fate, "status": STATUS_OF_FATE[a.fate]}
-        if entry["status"] == "matched":
-            entry["mesh_terms"] = list(a.mesh_terms)
-            entry["date_revised"] = a.date_revised
-            entry["source"] = UPDATE if a.update else BASELINE
-        out[a.pmid] = entry
-    return out
-
-
-def write_medline(output: str, articles: list[ArticleMedline]) -> dict:
-    """Write `<output>/pubmed/` (both files); return `summary(articles)`."""
-    for name, data in medline_files(articles).items():
-        storage.write_bytes(storage.join(output, FOLDER, name), data)
-    return summary(articles)
+    """{file name: gzip bytes} of the baseline and update files of these articles."""
+    writer = MedlineWriter()
+    for article in sorted(articles, key=lambda a: int(a.pmid)):
+        writer.add(article)
+    return writer.finish()

@@ -14,18 +14,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job on the embedded default: a generated sample corpus in the PMC Cloud layout,
-# extracted, embedded (pixels: no weights), clustered and labelled, then sharded into a
-# dataset that carries the labels.
+# extracted, enriched with the corpus's own PubMed records (MeSH terms, publication types),
+# embedded (pixels: no weights), clustered and labelled, then sharded into a dataset that
+# carries the labels. The stages after enrich read its output as an extract output (its
+# figures stay in out/demo, which it links to).
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)
 	$(PY) -m pipelines.extract --source data/sample --output out/demo --overwrite
-	$(PY) -m pipelines.embed --input out/demo --output out/demo-embed --overwrite
-	$(PY) -m pipelines.annotate --input out/demo --embeddings out/demo-embed \
+	$(PY) -m pipelines.enrich --input out/demo --output out/demo-enriched --overwrite \
+	  --medline 'data/sample/pubmed/*.xml.gz'
+	$(PY) -m pipelines.embed --input out/demo-enriched --output out/demo-embed --overwrite
+	$(PY) -m pipelines.annotate --input out/demo-enriched --embeddings out/demo-embed \
 	  --output out/demo-annotate --overwrite --clusters 16
-	$(PY) -m pipelines.shard --input out/demo --annotations out/demo-annotate \
+	$(PY) -m pipelines.shard --input out/demo-enriched --annotations out/demo-annotate \
 	  --output out/demo-dataset --overwrite --samples_per_shard 100
 	@echo
+	@echo "articles: out/demo-enriched/extract/articles (with MeSH terms from data/sample/pubmed)"
 	@echo "dataset:  out/demo-dataset/webdataset (shards), out/demo-dataset/parquet (index)"
 	@echo "card:     out/demo-dataset/README.md"
 	@echo "gallery:  out/demo-annotate/gallery/index.html (open it in a browser to label clusters)"

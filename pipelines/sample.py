@@ -44,7 +44,7 @@ def _holds_files(output: str) -> bool:
 
 # What a sample corpus holds at its top (transforms.pmc.sample_corpus): nothing else is ours.
 _ARTICLE = re.compile(r"PMC\d+\.\d+")
-_CORPUS_FOLDERS = ("metadata", "inventory-reports")
+_CORPUS_FOLDERS = ("metadata", "inventory-reports", "pubmed")
 
 
 def _entries(output: str) -> dict[str, bool]:

@@ -12,6 +12,10 @@ Every graphic shows one kind of picture (KINDS: plot, micrograph, diagram, blot,
 photograph, scan) in all of its panels, a pure function of (seed, article index, graphic
 number): `graphic_kind`. Most captions name it. The manifest's `figure_kinds` gives every
 graphic file's kind (`figure_kinds`, `row_kind` read it).
+
+Beside the PMC layout, `pubmed/` holds the articles' PubMed records as MEDLINE XML, a
+baseline and an update file (transforms.pmc.sample_medline), for `biomedica enrich`; the
+manifest's `pubmed` says what enrich finds for each PMID.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from transforms import storage
+from transforms.pmc import sample_medline
 
 BUCKET = "pmc-oa-opendata"
 INVENTORY_DATE = "2026-11-01T01-00Z"
@@ -1535,6 +1540,7 @@ def build_article(index: int, output: str, seed: int, image_side: int, start_pmc
     if plan.inline_graphic:
         media[f"{plan.pmcid}-i001.gif"] = _inline_gif(seed, index)
     names = sorted(media)
+    medline = sample_medline.article_medline(seed, _citation_of(plan, content, kinds))
     rows = []
     candidates = sum(len(f.graphics) for f in plan.figures)
     for version in range(1, plan.versions + 1):
@@ -1597,7 +1603,26 @@ def build_article(index: int, output: str, seed: int, image_side: int, start_pmc
             for d in duplicates
         ],
         "rows": rows,
+        "medline": medline,
     }
+
+
+def _citation_of(plan: ArticlePlan, content: ArticleText, kinds: dict[int, str]):
+    """What the article's PubMed record says of it: its first version's text."""
+    return sample_medline.ArticleCitation(
+        index=plan.index,
+        pmid=plan.pmid,
+        pmcid=plan.pmcid,
+        doi=_doi(plan),
+        title=_plain(content.title),
+        abstract=tuple(_plain(p) for p in content.abstract),
+        keywords=tuple(content.keywords),
+        journal=plan.journal,
+        published=plan.published,
+        authors=tuple(content.authors),
+        kinds=tuple(kinds[n] for n in sorted(kinds)),
+        retracted=plan.retracted,
+    )
 
 
 # ---- what the corpus manifest says about figure kinds ----------------------------------------
@@ -1682,16 +1707,27 @@ def generate_corpus(
     build = partial(
         build_article, output=output, seed=seed, image_side=image_side, start_pmcid=start_pmcid
     )
+    medline = sample_medline.MedlineWriter()
+
+    def collect(built) -> list[dict]:
+        # Each article's PubMed XML goes into the compressed files as it comes: not held.
+        kept = []
+        for result in built:
+            medline.add(result.pop("medline"))
+            kept.append(result)
+        return kept
+
     if workers > 1 and articles > 1:
         import multiprocessing
 
         with multiprocessing.get_context().Pool(workers) as pool:
-            results = list(pool.imap(build, range(articles), chunksize=4))
+            results = collect(pool.imap(build, range(articles), chunksize=4))
     else:
-        results = [build(i) for i in range(articles)]
+        results = collect(build(i) for i in range(articles))
 
     rows = [row for r in results for row in r["rows"]]
     manifest = write_inventory(output, rows, seed, split=articles > 10)
+    pubmed = medline.write(output)
     stats: Counter = Counter()
     features: Counter = Counter()
     licenses: Counter = Counter()
@@ -1726,6 +1762,7 @@ def generate_corpus(
         "media_bytes": sum(r["bytes"] for r in results),
         "inventory_manifest": INVENTORY_MANIFEST,
         "inventory_files": [f["key"] for f in manifest["files"]],
+        "pubmed": pubmed,
         "seed": seed,
         "image_side": image_side,
         "start_pmcid": start_pmcid,
@@ -1734,6 +1771,7 @@ def generate_corpus(
         "summary": summary,
         "duplicates": duplicates,
         "figure_kinds": dict(sorted(kv for r in results for kv in r["figure_kinds"].items())),
+        "pubmed": medline.entries,
     }
     storage.write_bytes(
         storage.join(output, MANIFEST_NAME),

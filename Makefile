@@ -21,19 +21,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)
-	$(PY) -m pipelines.extract --source data/sample --output out/demo --overwrite
-	$(PY) -m pipelines.enrich --input out/demo --output out/demo-enriched --overwrite \
-	  --medline 'data/sample/pubmed/*.xml.gz'
-	$(PY) -m pipelines.embed --input out/demo-enriched --output out/demo-embed --overwrite
-	$(PY) -m pipelines.annotate --input out/demo-enriched --embeddings out/demo-embed \
-	  --output out/demo-annotate --overwrite --clusters 16
-	$(PY) -m pipelines.shard --input out/demo-enriched --annotations out/demo-annotate \
-	  --output out/demo-dataset --overwrite --samples_per_shard 100
+	$(PY) -m pipelines.run --source data/sample --output out/demo --overwrite \
+	  --medline 'data/sample/pubmed/*.xml.gz' --clusters 16 --samples_per_shard 100
 	@echo
-	@echo "articles: out/demo-enriched/extract/articles (with MeSH terms from data/sample/pubmed)"
-	@echo "dataset:  out/demo-dataset/webdataset (shards), out/demo-dataset/parquet (index)"
-	@echo "card:     out/demo-dataset/README.md"
-	@echo "gallery:  out/demo-annotate/gallery/index.html (open it in a browser to label clusters)"
+	@echo "stages:   out/demo/{extract,enrich,embed,annotate,dataset} (each re-runs alone)"
+	@echo "articles: out/demo/enrich/extract/articles (with MeSH terms from data/sample/pubmed)"
+	@echo "dataset:  out/demo/dataset/webdataset (shards), out/demo/dataset/parquet (index)"
+	@echo "card:     out/demo/dataset/README.md"
+	@echo "gallery:  out/demo/annotate/gallery/index.html (open it in a browser to label clusters)"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,10 @@ import importlib
 import sys
 
 PIPELINES = {
+    "run": (
+        "pipelines.run",
+        "the whole pipeline: extract, enrich, embed, annotate, shard, each under --output",
+    ),
     "extract": (
         "pipelines.extract",
         "PMC source -> figure samples (Parquet), dead letters, report",

@@ -224,6 +224,19 @@ class EnrichOptions(PipelineOptions):
         )
 
 
+class RunAllOptions(PipelineOptions):
+    """run: what the whole pipeline adds to the stages' own flags."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("run")
+        group.add_argument(
+            "--stages",
+            default="extract,enrich,embed,annotate,shard",
+            help="the stages to run, in order (enrich runs only with --medline or --eutils)",
+        )
+
+
 # Numeric flags where a negative value means something (-1: exact duplicates only).
 SIGNED = frozenset({"--near_duplicate_threshold"})
 
@@ -234,6 +247,17 @@ OPTIONS_OF = {
     "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty, MaxPixels),
     "annotate": (InputOptions, AnnotateOptions, RunOptions, AllowEmpty),
     "enrich": (InputOptions, EnrichOptions, RunOptions, AllowEmpty),
+    # Every stage's flags but those run sets itself (InputOptions, ShardInputOptions); the
+    # extract's --allow_empty and --max_pixels are the same flags the others take.
+    "run": (
+        ExtractOptions,
+        EnrichOptions,
+        EmbedOptions,
+        AnnotateOptions,
+        ShardOptions,
+        RunOptions,
+        RunAllOptions,
+    ),
 }
 
 

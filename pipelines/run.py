@@ -1,0 +1,208 @@
+"""`biomedica run`: the whole pipeline in one command: extract (discover, extract, dedupe),
+enrich (with --medline or --eutils), embed, annotate and shard.
+
+    biomedica run --source data/sample --output out/run [--medline 'pubmed/*.xml.gz']
+
+Every stage writes its usual output under --output (extract/, enrich/, embed/, annotate/,
+dataset/), so any stage can be run again alone with its own command on those folders;
+run_report.json gathers the stages' reports. The flags are the stage commands' flags, each
+handed to the stages that define it; Beam's flags (--runner, ...) go to every stage.
+
+Each stage is its own Beam job on the runner the flags name: each ends at a barrier the next
+needs whole (the PMID join, k-means over every embedding, the shard plan over every sample),
+and a stage's files at that barrier are what let it be re-run alone. On Dataflow it also lets
+embed run on GPU workers while the other stages run on CPU ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from pipelines import options as options_of
+from pipelines.flags import UsageError
+from pipelines.runner import REPORT, main_of, output_lock, prepare_output, refuse_overlap
+from transforms import storage
+
+# Stage, its folder under --output, its module.
+STAGES = (
+    ("extract", "extract", "pipelines.extract"),
+    ("enrich", "enrich", "pipelines.enrich"),
+    ("embed", "embed", "pipelines.embed"),
+    ("annotate", "annotate", "pipelines.annotate"),
+    ("shard", "dataset", "pipelines.shard"),
+)
+FOLDERS = {stage: folder for stage, folder, _ in STAGES}
+# Flags run sets for each stage itself: where a stage reads and writes.
+WIRED = frozenset({"--output", "--input", "--embeddings", "--annotations", "--source"})
+# The flags that say where PubMed records come from: enrich runs when one is given.
+PUBMED_SOURCES = ("--medline", "--eutils")
+
+
+def _actions(classes) -> dict[str, argparse.Action]:
+    """Each option string of `classes` -> its argparse action."""
+    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+    for cls in classes:
+        cls._add_argparse_args(parser)
+    return {o: a for a in parser._actions for o in a.option_strings}
+
+
+def split_flags(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """argv as (flag, its tokens), by the run's and Beam's own flag definitions."""
+    known = {**_actions(flags_beam_classes()), **_actions(options_of.OPTIONS_OF["run"])}
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, _ = token.partition("=")
+        action = known.get(name)
+        takes_value = action is not None and action.nargs != 0
+        if takes_value and not eq and i + 1 < len(argv):
+            out.append((name, [token, argv[i + 1]]))
+            i += 2
+        else:
+            out.append((name, [token]))
+            i += 1
+    return out
+
+
+def flags_beam_classes():
+    """Beam's registered PipelineOptions classes (what pipelines.flags accepts)."""
+    from apache_beam.options.pipeline_options import PipelineOptions as Base
+
+    return [c for c in Base.__subclasses__() if c.__module__.startswith("apache_beam")]
+
+
+def stage_argv(stage: str, given: list[tuple[str, list[str]]]) -> list[str]:
+    """The flags of `given` that `stage` takes (its own, and every Beam flag)."""
+    mine = set(_actions(options_of.OPTIONS_OF[stage]))
+    ours = set(_actions(options_of.OPTIONS_OF["run"]))
+    out = []
+    for name, tokens in given:
+        if name in WIRED - {"--source"} or name == "--stages":
+            continue  # set per stage by `plan`; --source is extract's alone
+        if name in mine or name not in ours:
+            out += tokens
+    return out
+
+
+def plan(argv: list[str]):
+    """Check the flags (strictly, before any work); (output, [(stage, its argv)], the parsed
+    flags)."""
+    given = options_of.parse("run", argv, __doc__)
+    output = given.output
+    if not given.source or not output:
+        raise UsageError("--source and --output are required")
+    for flag in ("--embeddings", "--annotations", "--input"):
+        if any(t == flag or t.startswith(flag + "=") for t in argv):
+            raise UsageError(f"{flag} is set by run itself (the stage before, under --output)")
+    wanted = [s.strip() for s in given.stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in FOLDERS]
+    if unknown or not wanted:
+        raise UsageError(
+            f"--stages: {', '.join(unknown) or 'none given'}; choose from " + ", ".join(FOLDERS)
+        )
+    split = split_flags(argv)
+    pubmed = any(name in PUBMED_SOURCES for name, _ in split)
+    if not pubmed:
+        wanted = [s for s in wanted if s != "enrich"]
+        enrich_only = set(_actions(options_of.OPTIONS_OF["enrich"])) - set(
+            _actions([options_of.InputOptions, options_of.RunOptions, options_of.AllowEmpty])
+        )
+        stray = sorted({name for name, _ in split if name in enrich_only})
+        if stray:
+            raise UsageError(f"{', '.join(stray)}: enrich runs only with --medline or --eutils")
+    articles = storage.join(output, FOLDERS["enrich" if pubmed else "extract"])
+    wiring = {
+        "extract": ["--output", storage.join(output, FOLDERS["extract"])],
+        "enrich": [
+            "--input",
+            storage.join(output, FOLDERS["extract"]),
+            "--output",
+            storage.join(output, FOLDERS["enrich"]),
+        ],
+        "embed": ["--input", articles, "--output", storage.join(output, FOLDERS["embed"])],
+        "annotate": [
+            "--input",
+            articles,
+            "--embeddings",
+            storage.join(output, FOLDERS["embed"]),
+            "--output",
+            storage.join(output, FOLDERS["annotate"]),
+        ],
+        "shard": [
+            "--input",
+            articles,
+            "--output",
+            storage.join(output, FOLDERS["shard"]),
+            *(
+                ["--annotations", storage.join(output, FOLDERS["annotate"])]
+                if "annotate" in wanted
+                else []
+            ),
+        ],
+    }
+    steps = [(stage, [*wiring[stage], *stage_argv(stage, split)]) for stage in wanted]
+    refuse_overlap(output, source=given.source)
+    return output, steps, given
+
+
+def run(argv=None) -> dict:
+    """Run the stages in order; returns the gathered report (also written and printed)."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    output, steps, given = plan(argv)
+    started = time.time()
+    gathered = {"pipeline": "run", "output": output, "stages": {}}
+    with output_lock(output):
+        prepare_output(output, REPORT, given.overwrite, [])
+        for stage, stage_args in steps:
+            module = importlib.import_module(dict((s, m) for s, _, m in STAGES)[stage])
+            print(
+                f"biomedica run: {stage} -> {stage_args[stage_args.index('--output') + 1]}",
+                file=sys.stderr,
+                flush=True,
+            )
+            result = module.run(stage_args)
+            folder = storage.join(output, FOLDERS[stage])
+            gathered["stages"][stage] = {
+                "output": folder,
+                "balanced": bool(result.get("balanced")),
+                "report": storage.join(folder, REPORT),
+                **({"error": result["error"]} if result.get("error") else {}),
+            }
+            if result.get("error") or not (result.get("balanced") or result.get("submitted")):
+                why = result.get("error") or "its report does not balance"
+                gathered["error"] = f"{stage}: {why}"
+                break
+        gathered["balanced"] = "error" not in gathered and all(
+            s["balanced"] for s in gathered["stages"].values()
+        )
+        gathered["wall_seconds"] = round(time.time() - started, 2)
+        _where(gathered, output)
+        storage.write_bytes(
+            storage.join(output, REPORT),
+            (json.dumps(gathered, indent=2, sort_keys=True) + "\n").encode(),
+        )
+    print(json.dumps(gathered, indent=2, sort_keys=True))
+    return gathered
+
+
+def _where(gathered: dict, output: str) -> None:
+    """Where a user finds the dataset, its card and the gallery."""
+    stages = gathered["stages"]
+    if "shard" in stages:
+        dataset = stages["shard"]["output"]
+        gathered["dataset"] = storage.join(dataset, "webdataset")
+        gathered["card"] = storage.join(dataset, "README.md")
+    if "annotate" in stages:
+        gathered["gallery"] = storage.join(stages["annotate"]["output"], "gallery", "index.html")
+
+
+main = main_of(run, "run")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

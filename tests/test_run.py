@@ -1,0 +1,144 @@
+"""`biomedica run`: the whole pipeline in one command, each stage's output under --output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_enriched_input import json_samples
+
+from pipelines import run as run_all
+from pipelines import shard
+from pipelines.runner import main_of
+from transforms.pmc.sample_corpus import generate_corpus
+
+QUIET = ["--log_level", "ERROR"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run") / "corpus"
+    generate_corpus(str(root), 10, seed=7, image_side=128)
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "out"
+    argv = ["--source", str(corpus), "--output", str(out), *QUIET]
+    argv += ["--medline", str(corpus / "pubmed" / "*.xml.gz"), "--clusters", "2"]
+    argv += ["--samples_per_shard", "20"]
+    return out, run_all.run(argv)
+
+
+def test_every_stage_runs_and_writes_under_the_output(whole):
+    out, report = whole
+    assert report["balanced"] and "error" not in report
+    assert list(report["stages"]) == ["extract", "enrich", "embed", "annotate", "shard"]
+    for stage, folder in run_all.FOLDERS.items():
+        own = json.loads((out / folder / "run_report.json").read_text())
+        assert own["balanced"] and own["pipeline"] == stage
+        assert report["stages"][stage]["output"] == str(out / folder)
+    assert json.loads((out / "run_report.json").read_text()) == report
+    assert report["dataset"] == str(out / "dataset" / "webdataset")
+    assert Path(report["card"]).is_file() and Path(report["gallery"]).is_file()
+    # Stages were wired to each other: enrich read extract, embed/annotate/shard read enrich.
+    enrich = json.loads((out / "enrich" / "run_report.json").read_text())
+    assert enrich["input"] == str(out / "extract")
+    annotate = json.loads((out / "annotate" / "run_report.json").read_text())
+    assert annotate["input"] == str(out / "enrich")
+
+
+def test_samples_carry_pubmed_fields_and_labels(whole):
+    out, _ = whole
+    samples = json_samples(out / "dataset")
+    assert samples
+    statuses = {s["article_pubmed_status"] for s in samples.values()}
+    assert "matched" in statuses
+    matched = [s for s in samples.values() if s["article_pubmed_status"] == "matched"]
+    assert matched and sum(bool(s["article_mesh_terms"]) for s in matched) > len(matched) // 2
+    assert all(s["image_cluster_id"] is not None for s in samples.values())
+
+
+def test_a_stage_reruns_alone_on_the_run_s_folders(whole, tmp_path):
+    out, _ = whole
+    again = tmp_path / "dataset"
+    report = shard.run(
+        [
+            "--input",
+            str(out / "enrich"),
+            "--annotations",
+            str(out / "annotate"),
+            "--output",
+            str(again),
+            "--samples_per_shard",
+            "20",
+            *QUIET,
+        ]
+    )
+    assert report["balanced"]
+    first = json.loads((out / "dataset" / "manifest.json").read_text())
+    second = json.loads((again / "manifest.json").read_text())
+    assert [(s["path"], s["sha256"]) for s in first["shards"]] == [
+        (s["path"], s["sha256"]) for s in second["shards"]
+    ]
+
+
+def test_flags_go_to_the_stages_that_define_them(corpus, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--source", str(corpus), "--output", str(out), "--medline", "m/*.xml.gz"]
+    argv += ["--clusters", "8", "--max_pixels", "1000000", "--direct_num_workers", "2"]
+    argv += ["--samples_per_shard=50", "--batch_size", "4", "--overwrite"]
+    _, steps, _ = run_all.plan(argv)
+    got = dict(steps)
+    assert list(got) == ["extract", "enrich", "embed", "annotate", "shard"]
+
+    def has(stage, *tokens):
+        text = " ".join(got[stage])
+        return all(t in text for t in tokens)
+
+    assert has("extract", f"--source {corpus}", "--max_pixels 1000000", f"--output {out}/extract")
+    assert not has("extract", "--clusters") and not has("extract", "--medline")
+    assert has("enrich", "--medline m/*.xml.gz", f"--input {out}/extract")
+    assert has("embed", "--batch_size 4", "--max_pixels 1000000", f"--input {out}/enrich")
+    assert has("annotate", "--clusters 8", f"--embeddings {out}/embed")
+    assert has("shard", "--samples_per_shard=50", f"--annotations {out}/annotate")
+    for stage in got:  # Beam's flags and the shared ones: every stage
+        assert has(stage, "--direct_num_workers 2", "--overwrite"), stage
+        assert "--stages" not in got[stage]
+
+
+def test_without_pubmed_flags_enrich_is_skipped(corpus, tmp_path):
+    out = tmp_path / "out"
+    _, steps, _ = run_all.plan(["--source", str(corpus), "--output", str(out)])
+    got = dict(steps)
+    assert "enrich" not in got
+    assert f"--input {out}/extract" in " ".join(got["shard"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--embeddings", "x"], "--embeddings is set by run itself"),
+        (["--stages", "extract,polish"], "--stages: polish"),
+        (["--ncbi_email", "a@b.org"], "enrich runs only with --medline or --eutils"),
+        (["--clusterz", "3"], "did you mean --clusters"),
+        (["--where", "x"], "--where is a flag of biomedica subset"),
+    ],
+)
+def test_usage_errors_before_any_work(corpus, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    code = main_of(run_all.run, "run")(["--source", str(corpus), "--output", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_help_lists_every_stage_s_flags(capsys):
+    with pytest.raises(SystemExit):
+        run_all.run(["--help"])
+    shown = capsys.readouterr().out
+    for flag in ("--source", "--medline", "--model", "--clusters", "--samples_per_shard"):
+        assert flag in shown
+    assert "--stages" in shown

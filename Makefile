@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The main job on the embedded default: a generated sample corpus in the PMC Cloud layout,
 # extracted, enriched with the corpus's own PubMed records (MeSH terms, publication types),
 # embedded (pixels: no weights), clustered and labelled, then sharded into a dataset that
-# carries the labels. The stages after enrich read its output as an extract output (its
-# figures stay in out/demo, which it links to).
+# carries the labels, all through `biomedica run` (each stage's output under out/demo; the
+# stages after enrich read its output as an extract output, its figures linked, not copied).
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)

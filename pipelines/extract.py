@@ -33,6 +33,7 @@ from transforms.extract import FIGURE_ROWS, ExtractArticles
 from transforms.images.dedupe import Dedupe
 from transforms.outcomes import DEAD, FILTERED, LISTED, NOTED
 from transforms.pmc.discover import Discover, source_is_empty
+from transforms.pmc.selection import normalize_time
 from transforms.records import ARTICLE_SCHEMA, DUPLICATE_SCHEMA, FIGURE_FILE_SCHEMA
 from transforms.sinks import (
     WriteArticleFiles,
@@ -42,7 +43,27 @@ from transforms.sinks import (
     figure_order,
 )
 
-OUTPUT_DIRS = ["extract", "dead_letter", "filtered"]
+# The newest LastModified of the versions this run took: where an incremental run
+# (`biomedica run --since`) starts.
+WATERMARK = "watermark.json"
+OUTPUT_DIRS = ["extract", "dead_letter", "filtered", WATERMARK]
+
+
+def _sortable_time(value: str) -> str:
+    try:
+        return normalize_time(value)
+    except ValueError:
+        return ""
+
+
+def _write_watermark(newest: str, uri: str, guard=None) -> None:
+    import json
+
+    if guard is not None:
+        guard()
+    storage.write_bytes(uri, (json.dumps({"last_modified": newest}) + "\n").encode())
+
+
 # Counted only: a --pmcids run over all of PMC would write a line per article not asked for.
 _UNWRITTEN_FILTERS = frozenset({"pmcid_not_requested"})
 
@@ -72,6 +93,12 @@ def build(
 
     found = p | "Discover" >> discover
     extracted = found["refs"] | "ExtractStage" >> extract
+    (
+        found["refs"]
+        | "LastModified" >> beam.Map(lambda ref: _sortable_time(ref.last_modified))
+        | "Watermark" >> beam.CombineGlobally(lambda times: max(times, default=""))
+        | "WriteWatermark" >> beam.Map(_write_watermark, storage.join(out, WATERMARK), guard)
+    )
     deduped = extracted[FIGURE_ROWS] | "Dedupe" >> dedupe
 
     # Files by content: an article's row and its figures go to files of the same name, one

@@ -235,6 +235,13 @@ class RunAllOptions(PipelineOptions):
             default="extract,enrich,embed,annotate,shard",
             help="the stages to run, in order (enrich runs only with --medline or --eutils)",
         )
+        group.add_argument(
+            "--since",
+            metavar="EARLIER_RUN",
+            help="an incremental run: only versions new or changed since that run's watermark "
+            "(its newest LastModified), its clustering model reused; writes a dataset of the "
+            "new samples and replaces.parquet, the earlier samples they replace",
+        )
 
 
 # Numeric flags where a negative value means something (-1: exact duplicates only).

@@ -22,9 +22,13 @@ import sys
 import time
 
 from pipelines import options as options_of
+from pipelines.extract import WATERMARK
 from pipelines.flags import UsageError
 from pipelines.runner import REPORT, main_of, output_lock, prepare_output, refuse_overlap
 from transforms import storage
+from transforms.annotate.clustering import MODEL_FILE as CLUSTER_MODEL
+from transforms.shard import replaced
+from transforms.sinks import write_parquet
 
 # Stage, its folder under --output, its module.
 STAGES = (
@@ -37,6 +41,8 @@ STAGES = (
 FOLDERS = {stage: folder for stage, folder, _ in STAGES}
 # Flags run sets for each stage itself: where a stage reads and writes.
 WIRED = frozenset({"--output", "--input", "--embeddings", "--annotations", "--source"})
+# An incremental run's list of the earlier samples its new versions replace.
+REPLACES = "replaces.parquet"
 # The flags that say where PubMed records come from: enrich runs when one is given.
 PUBMED_SOURCES = ("--medline", "--eutils")
 
@@ -145,7 +151,44 @@ def plan(argv: list[str]):
     }
     steps = [(stage, [*wiring[stage], *stage_argv(stage, split)]) for stage in wanted]
     refuse_overlap(output, source=given.source)
+    if given.since:
+        refuse_overlap(output, since=given.since)
+        steps = incremental(steps, given, split)
     return output, steps, given
+
+
+def earlier_run(since: str) -> dict:
+    """The report of the run --since names, which must have finished and balanced."""
+    uri = storage.join(since, REPORT)
+    try:
+        earlier = json.loads(storage.read_bytes(uri, max_bytes=1 << 24))
+    except (storage.StorageError, ValueError) as err:
+        raise UsageError(f"--since {since}: no finished run there ({uri}: {err})") from None
+    if earlier.get("pipeline") != "run" or not earlier.get("balanced"):
+        raise UsageError(f"--since {since}: not a finished, balanced `biomedica run` output")
+    if not earlier.get("watermark"):
+        raise UsageError(f"--since {since}: its report names no watermark (it took no version)")
+    return earlier
+
+
+def incremental(steps, given, split) -> list[tuple[str, list[str]]]:
+    """The steps of a --since run: extract from the earlier watermark on, annotate with the
+    earlier clustering model (unless the flags name another)."""
+    if any(name == "--modified_since" for name, _ in split):
+        raise UsageError("--since sets --modified_since (to the earlier run's watermark)")
+    earlier = earlier_run(given.since)
+    named = {name for name, _ in split}
+    model = storage.join(given.since, FOLDERS["annotate"], CLUSTER_MODEL)
+    out = []
+    for stage, argv in steps:
+        if stage == "extract":
+            argv = [*argv, "--modified_since", _after(earlier["watermark"])]
+        if stage == "annotate" and "--cluster_model" not in named:
+            if not storage.exists(model):
+                raise UsageError(f"--since: {model} is missing (pass --cluster_model)")
+            argv = [*argv, "--cluster_model", model]
+        out.append((stage, argv))
+    return out
 
 
 def run(argv=None) -> dict:
@@ -157,7 +200,7 @@ def run(argv=None) -> dict:
     started = time.time()
     gathered = {"pipeline": "run", "output": output, "stages": {}}
     with output_lock(output):
-        prepare_output(output, REPORT, given.overwrite, [])
+        prepare_output(output, REPORT, given.overwrite, [REPLACES])
         for stage, stage_args in steps:
             module = importlib.import_module(dict((s, m) for s, _, m in STAGES)[stage])
             print(
@@ -167,6 +210,8 @@ def run(argv=None) -> dict:
             )
             result = module.run(stage_args)
             folder = storage.join(output, FOLDERS[stage])
+            if stage == "extract":
+                gathered["watermark"] = _watermark(folder, given.since)
             gathered["stages"][stage] = {
                 "output": folder,
                 "balanced": bool(result.get("balanced")),
@@ -177,6 +222,11 @@ def run(argv=None) -> dict:
                 why = result.get("error") or "its report does not balance"
                 gathered["error"] = f"{stage}: {why}"
                 break
+            if stage == "extract" and result.get("note"):  # --since: nothing new
+                gathered["note"] = result["note"]
+                break
+        if given.since and "error" not in gathered:
+            gathered["since"] = since_summary(given.since, output, gathered)
         gathered["balanced"] = "error" not in gathered and all(
             s["balanced"] for s in gathered["stages"].values()
         )
@@ -188,6 +238,50 @@ def run(argv=None) -> dict:
         )
     print(json.dumps(gathered, indent=2, sort_keys=True))
     return gathered
+
+
+def _after(watermark: str) -> str:
+    """The second after a watermark: --modified_since is inclusive, and the versions of that
+    very second were the earlier run's (LastModified counts whole seconds)."""
+    from datetime import datetime, timedelta
+
+    moment = datetime.strptime(watermark, "%Y-%m-%dT%H:%M:%SZ") + timedelta(seconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _watermark(extract_output: str, since: str | None) -> str:
+    """The newest LastModified this run took, or the earlier run's where it took none new."""
+    newest = ""
+    uri = storage.join(extract_output, WATERMARK)
+    if storage.exists(uri):
+        newest = json.loads(storage.read_bytes(uri)).get("last_modified", "")
+    if since:
+        newest = max(newest, earlier_run(since)["watermark"])
+    return newest
+
+
+def since_summary(since: str, output: str, gathered: dict) -> dict:
+    """What an incremental run skipped as unchanged, and the earlier samples its new versions
+    replace (written to replaces.parquet)."""
+    extract = json.loads(storage.read_bytes(storage.join(output, FOLDERS["extract"], REPORT)))
+    discover = extract.get("stages", {}).get("discover", {})
+    skipped = discover.get("filtered_by_reason", {}).get("modified_before_window", 0)
+    earlier = json.loads(storage.read_bytes(storage.join(since, REPORT)))
+    summary = {
+        "from": since,
+        "watermark": earlier["watermark"],
+        "skipped_unchanged": skipped,
+        "replaces": storage.join(output, REPLACES),
+    }
+    if "extract" not in gathered["stages"] or gathered.get("note"):
+        summary["replaced_samples"] = 0
+        return summary
+    dataset = earlier["stages"].get("shard", {}).get("output")
+    articles = storage.join(output, FOLDERS["extract"], "extract", "articles")
+    table = replaced.replaced_samples(dataset, articles) if dataset else replaced.empty()
+    write_parquet(storage.join(output, REPLACES), table)
+    summary["replaced_samples"] = table.num_rows
+    return summary
 
 
 def _where(gathered: dict, output: str) -> None:

@@ -142,3 +142,73 @@ def test_help_lists_every_stage_s_flags(capsys):
     for flag in ("--source", "--medline", "--model", "--clusters", "--samples_per_shard"):
         assert flag in shown
     assert "--stages" in shown
+
+
+# ---- incremental: --since an earlier run ------------------------------------------------------
+
+
+def _stamp(paths, when: str) -> None:
+    import os
+    from datetime import datetime
+
+    moment = datetime.fromisoformat(when).timestamp()
+    for path in paths:
+        for found in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            os.utime(found, (moment, moment))
+
+
+def test_since_takes_only_what_is_new_and_lists_what_it_replaces(tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(str(corpus), 8, seed=11, image_side=96)
+    _stamp([corpus], "2026-01-01T00:00:00+00:00")
+    flags = ["--clusters", "2", "--samples_per_shard", "20", *QUIET]
+    first = run_all.run(["--source", str(corpus), "--output", str(tmp_path / "r1"), *flags])
+    assert first["balanced"] and first["watermark"] == "2026-01-01T00:00:00Z"
+
+    # Three new articles, and one earlier article changed since.
+    more = tmp_path / "more"
+    generate_corpus(str(more), 3, seed=12, image_side=96, start_pmcid=9_000_101)
+    added = []
+    for folder in sorted(more.glob("PMC*")):
+        shutil.copytree(folder, corpus / folder.name)
+        added.append(corpus / folder.name)
+    for meta in sorted((more / "metadata").glob("*.json")):
+        shutil.copy(meta, corpus / "metadata" / meta.name)
+        added.append(corpus / "metadata" / meta.name)
+    changed = sorted(corpus.glob("PMC9000002.*"))
+    _stamp(added + changed + list((corpus / "metadata").glob("PMC9000002.*")), "2026-06-01")
+
+    second = run_all.run(
+        ["--source", str(corpus), "--output", str(tmp_path / "r2"), "--since", str(tmp_path / "r1")]
+        + flags
+    )
+    assert second["balanced"], second
+    since = second["since"]
+    assert since["watermark"] == "2026-01-01T00:00:00Z"
+    extract = json.loads((tmp_path / "r2" / "extract" / "run_report.json").read_text())
+    taken = extract["stages"]["discover"]["out"]
+    assert taken == 4 and since["skipped_unchanged"] >= 7
+    assert second["watermark"] == "2026-06-01T00:00:00Z"
+    # The earlier clustering model, reused.
+    annotate = json.loads((tmp_path / "r2" / "annotate" / "run_report.json").read_text())
+    assert annotate["cluster_model"] != "trained"
+    # The new dataset holds the new samples only; replaces.parquet the earlier ones of
+    # PMC9000002.
+    keys = set(json_samples(tmp_path / "r2" / "dataset"))
+    assert keys and all(k.startswith(("PMC90001", "PMC9000002")) for k in keys)
+    replaces = pq.read_table(tmp_path / "r2" / "replaces.parquet").to_pylist()
+    earlier = {k for k in json_samples(tmp_path / "r1" / "dataset") if k.startswith("PMC9000002")}
+    assert {r["key"] for r in replaces} == earlier and earlier
+    assert since["replaced_samples"] == len(earlier)
+
+    # Nothing new since the second run: says so and succeeds, no stage after extract.
+    third = run_all.run(
+        ["--source", str(corpus), "--output", str(tmp_path / "r3"), "--since", str(tmp_path / "r2")]
+        + flags
+    )
+    assert third["balanced"] and "nothing new" in third["note"]
+    assert list(third["stages"]) == ["extract"]

@@ -9,7 +9,7 @@ from transforms.pmc.licenses import GROUPS, license_group
 from transforms.records import ArticleRef
 
 
-def _normalize_time(value: str) -> str:
+def normalize_time(value: str) -> str:
     """ISO 8601 date or datetime, as a sortable UTC string ("" stays "")."""
     value = (value or "").strip()
     if not value:
@@ -36,8 +36,8 @@ class Selection:
         unknown = set(self.license_groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"unknown license group(s) {sorted(unknown)}; choose from {GROUPS}")
-        object.__setattr__(self, "modified_since", _normalize_time(self.modified_since))
-        object.__setattr__(self, "modified_before", _normalize_time(self.modified_before))
+        object.__setattr__(self, "modified_since", normalize_time(self.modified_since))
+        object.__setattr__(self, "modified_before", normalize_time(self.modified_before))
 
     def wants_pmcid(self, pmcid: str) -> bool:
         return not self.pmcids or pmcid in self.pmcids
@@ -47,7 +47,7 @@ class Selection:
         if not (self.modified_since or self.modified_before):
             return ""
         try:
-            moment = _normalize_time(last_modified)
+            moment = normalize_time(last_modified)
         except ValueError:
             moment = ""
         if not moment:
@@ -113,6 +113,6 @@ def choose_copies(copies: list[Copy], all_versions: bool = False):
 
 def _sortable(value: str) -> str:
     try:
-        return _normalize_time(value)
+        return normalize_time(value)
     except ValueError:
         return ""

@@ -60,3 +60,19 @@ def run_pipeline(name: str, output: Path, *flags: str) -> tuple[dict, dict]:
     measured = measure(command)
     report = json.loads((output / "run_report.json").read_text())
     return report, {**measured, "balanced": report["balanced"]}
+
+
+def cached_corpus(workdir: Path, articles: int, image_side: int, name: str = "corpus") -> Path:
+    """A generated sample corpus under `workdir`, made once (`.complete` holds the seconds
+    it took) and reused by later runs."""
+    import os
+
+    from transforms.pmc.sample_corpus import generate_corpus
+
+    root = workdir / f"{name}-{articles}-{image_side}"
+    done = root / ".complete"
+    if not done.exists():
+        started = time.time()
+        generate_corpus(str(root), articles, seed=0, image_side=image_side, workers=os.cpu_count())
+        done.write_text(f"{time.time() - started:.1f}\n")
+    return root

@@ -22,19 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.child import run_pipeline  # noqa: E402
+from bench.child import cached_corpus, run_pipeline  # noqa: E402
 from transforms.images.checks import decode_only  # noqa: E402
-from transforms.pmc.sample_corpus import generate_corpus  # noqa: E402
-
-
-def _corpus(workdir: Path, articles: int, image_side: int) -> Path:
-    root = workdir / f"corpus-{articles}-{image_side}"
-    done = root / ".complete"
-    if not done.exists():
-        started = time.time()
-        generate_corpus(str(root), articles, seed=0, image_side=image_side, workers=os.cpu_count())
-        done.write_text(f"{time.time() - started:.1f}\n")
-    return root
 
 
 def _run_extract(corpus: Path, output: Path) -> dict:
@@ -74,7 +63,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for articles in args.articles:
-        corpus = _corpus(workdir, articles, args.image_side)
+        corpus = cached_corpus(workdir, articles, args.image_side)
         result = {"articles": articles, "image_side": args.image_side, "cpus": os.cpu_count()}
         result["extract"] = _run_extract(corpus, workdir / f"out-{articles}")
         result["decode_only"] = _decode_limit(corpus)

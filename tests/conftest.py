@@ -131,3 +131,22 @@ PORTABLE_RUNNER = [
     "--environment_type",
     "LOOPBACK",
 ]
+
+
+def shard_members(dataset: Path, suffix: str) -> dict[str, bytes]:
+    """{sample key: bytes} of the members ending in `suffix` of a dataset's shards."""
+    import tarfile
+
+    found = {}
+    for path in sorted(Path(dataset).glob("webdataset/*/*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(suffix):
+                    found[member.name[: -len(suffix)]] = tar.extractfile(member).read()
+    return found
+
+
+def json_samples(dataset: Path) -> dict[str, dict]:
+    """{key: sample JSON} of a dataset's shards."""
+    samples = (json.loads(data) for data in shard_members(dataset, ".json").values())
+    return {meta["key"]: meta for meta in samples}

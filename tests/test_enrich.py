@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_dead_letters, run_extract
+from conftest import json_samples, read_dead_letters, run_extract
 from eutils_server import EutilsServer, load_articles
 
 from pipelines import enrich
@@ -435,8 +435,6 @@ def test_eutils_rerun_asks_only_for_what_is_missing(eutils_extract, tmp_path):
 
 
 def test_shard_and_subset_of_the_enrich_output_carry_the_real_mesh(medline_run, tmp_path):
-    from test_enriched_input import json_samples
-
     from pipelines import shard, subset
 
     out, _ = medline_run

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_table, run_extract
+from conftest import json_samples, read_table, run_extract, shard_members
 
 from pipelines import annotate as annotate_pipeline
 from pipelines import embed as embed_pipeline
@@ -69,27 +68,6 @@ def fake_enrich(extract: Path, enr: Path, matched: set[str], mesh=MESH) -> None:
     extract_layout.write_link(str(enr), extract_layout.link_for(source))
 
 
-def json_samples(dataset: Path) -> dict[str, dict]:
-    samples = {}
-    for path in sorted(dataset.glob("webdataset/*/*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    samples[meta["key"]] = meta
-    return samples
-
-
-def jpg_bytes(dataset: Path) -> dict[str, bytes]:
-    images = {}
-    for path in sorted(dataset.glob("webdataset/*/*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".jpg"):
-                    images[member.name.rsplit(".", 1)[0]] = tar.extractfile(member).read()
-    return images
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("enriched")
@@ -136,7 +114,7 @@ def test_shard_takes_the_pubmed_fields_from_the_enrich_output(built):
         for name, value in expected_pubmed(built, key).items():
             assert sample[name] == value, (key, name)
         assert sample["article_text"], key  # the text still joins
-    images = jpg_bytes(built["dataset"])
+    images = shard_members(built["dataset"], ".jpg")
     assert all(images[key] == figures[key]["image"] for key in figures)
     # The Parquet index carries them too (what --where filters on).
     index = read_table_tree(built["dataset"] / "parquet")

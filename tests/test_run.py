@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_enriched_input import json_samples
+from conftest import json_samples
 
 from pipelines import run as run_all
 from pipelines import shard

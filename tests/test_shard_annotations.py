@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_extract
+from conftest import json_samples, run_extract
 
 from pipelines import shard as shard_pipeline
 from pipelines import subset as subset_pipeline
@@ -107,17 +106,6 @@ def built(tmp_path_factory) -> dict:
         "left_out": left_out,
         "rows": figures.num_rows,
     }
-
-
-def json_samples(dataset: Path) -> dict[str, dict]:
-    samples = {}
-    for path in sorted(dataset.glob("webdataset/*/*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    samples[meta["key"]] = meta
-    return samples
 
 
 def empty_labels(key: str) -> dict:

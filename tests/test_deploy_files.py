@@ -105,7 +105,9 @@ def code_of(path: Path) -> str:
     text = path.read_text()
     if path.suffix == ".md":
         return "\n".join(re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S))
-    comments = [re.sub(r"^\s*#\s?", "", line) for line in text.splitlines() if line.strip()[:1] == "#"]
+    comments = [
+        re.sub(r"^\s*#\s?", "", line) for line in text.splitlines() if line.strip()[:1] == "#"
+    ]
     steps = [step["run"] for step in workflow_steps(path)] if path == WORKFLOW else []
     return "\n".join([*comments, *steps])
 
@@ -195,7 +197,9 @@ def test_kubernetes_manifests_are_well_formed():
             assert {"apiVersion", "kind", "metadata"} <= set(doc), path
             resources[(doc["kind"], doc["metadata"]["name"])] = doc
     listed = load(K8S / "kustomization.yaml")[0]["resources"]
-    assert sorted(listed) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     for (kind, name), doc in resources.items():
         if kind == "Deployment":
             spec = doc["spec"]
@@ -224,7 +228,9 @@ def test_kubernetes_manifests_are_well_formed():
                 for p in c.get("ports", [])
             }
             for port in doc["spec"]["ports"]:
-                assert port["targetPort"] in named, f"{name}: no container port {port['targetPort']}"
+                assert port["targetPort"] in named, (
+                    f"{name}: no container port {port['targetPort']}"
+                )
                 assert named[port["targetPort"]] == port["port"], name
 
 
@@ -242,7 +248,9 @@ def test_kustomization_renders():
         ("Deployment", "beam-job-server"),
         ("Service", "beam-job-server"),
     } <= kinds
-    assert all(d["metadata"].get("namespace") == "biomedica" for d in docs if d["kind"] != "Namespace")
+    assert all(
+        d["metadata"].get("namespace") == "biomedica" for d in docs if d["kind"] != "Namespace"
+    )
     # The worker image placeholder is replaced by the image kustomization.yaml names.
     images = [c["image"] for d in docs if d["kind"] == "Deployment" for c in containers(d)]
     assert "biomedica" not in images
@@ -366,9 +374,7 @@ def test_ports_agree_between_compose_kubernetes_and_the_submit_command():
     assert f"{rest}:{rest}" in services[host]["ports"]
     assert flink_properties(services[host]["environment"]).get("rest.port", 8081) == int(rest)
     k8s_host, k8s_rest = k8s_server["flink-master"].split(":")
-    service = next(
-        d for d in load(K8S / "jobmanager.yaml") if d["kind"] == "Service"
-    )
+    service = next(d for d in load(K8S / "jobmanager.yaml") if d["kind"] == "Service")
     assert service["metadata"]["name"] == k8s_host
     assert int(k8s_rest) in {p["port"] for p in service["spec"]["ports"]}
     # The task managers find the jobmanager by the same names.
@@ -389,7 +395,9 @@ def test_ports_agree_between_compose_kubernetes_and_the_submit_command():
         assert value(args, "--artifact_endpoint") == f"localhost:{compose_server['artifact-port']}"
         assert value(args, "--environment_type") == "EXTERNAL"
         assert value(args, "--environment_config") == f"localhost:{WORKER_POOL_PORT}"
-    forward = re.search(r"port-forward svc/(\S+) (\d+):(\d+) (\d+):(\d+)", code_of(FLINK / "README.md"))
+    forward = re.search(
+        r"port-forward svc/(\S+) (\d+):(\d+) (\d+):(\d+)", code_of(FLINK / "README.md")
+    )
     assert forward, "the README's port-forward line is missing"
     assert forward.group(1) == deployment["metadata"]["name"]
     assert forward.group(2, 3) == (k8s_server["job-port"],) * 2
@@ -479,7 +487,9 @@ def test_shell_steps_pass_bash_n():
 
 
 def test_bash_n_fails_on_a_broken_step():
-    out = subprocess.run(["bash", "-n"], input='if [ -z "$x" ]; then\n', capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", "-n"], input='if [ -z "$x" ]; then\n', capture_output=True, text=True
+    )
     assert out.returncode != 0
 
 
@@ -524,7 +534,12 @@ def test_the_submit_command_runs_on_a_worker_pool(tmp_path):
     log = tmp_path / "pool.log"
     with log.open("w") as out:
         pool = subprocess.Popen(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+            [
+                sys.executable,
+                "-m",
+                "apache_beam.runners.worker.worker_pool_main",
+                f"--service_port={port}",
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -538,7 +553,7 @@ def test_the_submit_command_runs_on_a_worker_pool(tmp_path):
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=240,
         )
     finally:
         os.killpg(pool.pid, signal.SIGTERM)

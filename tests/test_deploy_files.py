@@ -257,6 +257,39 @@ def test_kustomization_renders():
     assert any(i.endswith("/biomedica/biomedica:VERSION") for i in images), images
 
 
+def compose_command() -> list[str] | None:
+    """Compose v2 (`docker compose`), or v1 (`docker-compose`, Debian's package), or None."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.skipif(compose_command() is None, reason="neither docker compose nor docker-compose")
+def test_compose_file_is_valid_compose(tmp_path):
+    """Compose's own schema check (`config` needs no daemon)."""
+    command = compose_command()
+    path = COMPOSE
+    if command == ["docker-compose"]:
+        # Compose v1 predates the top-level `name` of the Compose Specification.
+        path = tmp_path / "compose.yaml"
+        path.write_text(re.sub(r"(?m)^name:.*\n", "", COMPOSE.read_text()))
+    out = subprocess.run(
+        # Relative paths (the build context) are read from the project directory.
+        [*command, "-f", str(path), "--project-directory", str(COMPOSE.parent), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, BIOMEDICA_DATA=str(tmp_path)),
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = yaml.safe_load(out.stdout)["services"]
+    pool = next(s for s in rendered.values() if s.get("network_mode"))
+    assert Path(pool["build"]["context"]) == ROOT
+    assert pool["volumes"][0]["source"] == pool["volumes"][0]["target"] == str(tmp_path)
+
+
 # --- images and versions ---------------------------------------------------------------------
 
 

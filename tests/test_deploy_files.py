@@ -100,9 +100,11 @@ def template_parameters() -> set[str]:
 
 
 def code_of(path: Path) -> str:
-    """The shell text of a file: fenced blocks of a Markdown file, the comment lines of a
-    YAML file (its usage notes) and the `run:` steps of a workflow."""
+    """The shell text of a file: a shell script, fenced blocks of a Markdown file, the comment
+    lines of a YAML file (its usage notes) and the `run:` steps of a workflow."""
     text = path.read_text()
+    if path.suffix == ".sh":
+        return text
     if path.suffix == ".md":
         return "\n".join(re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S))
     comments = [

@@ -70,7 +70,8 @@ def split_pipeline(argv: list[str], env: dict | None = None) -> tuple[str, list[
 def launch_argv(pipeline: str, argv: list[str]) -> list[str]:
     """The launcher's `--name=value` args as the pipeline's flags: a switch's `=true` is
     the bare flag and `=false` drops it; a repeatable flag's comma list is one flag a value.
-    Anything else (Beam's and Dataflow's options) passes as it came."""
+    Anything else (Beam's and Dataflow's options) passes as it came; --runner is Dataflow's
+    unless given."""
     actions = _actions(pipeline)
     out: list[str] = []
     for arg in argv:
@@ -85,6 +86,9 @@ def launch_argv(pipeline: str, argv: list[str]) -> list[str]:
             out += [f"{flag}={v.strip()}" for v in value.split(SEPARATOR) if v.strip()]
         else:
             out.append(arg)
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in out):
+        # A template job runs on Dataflow: without this Beam would run it on the launcher VM.
+        out.append("--runner=DataflowRunner")
     return out
 
 

@@ -190,6 +190,7 @@ def test_launcher_parameters_become_the_pipelines_flags():
         "--runner=DataflowRunner",
         "--experiments=a,b",
     ]
+    assert flex_template.launch_argv("shard", ["--overwrite=false"]) == ["--runner=DataflowRunner"]
     with pytest.raises(SystemExit, match="true or false"):
         flex_template.launch_argv("shard", ["--overwrite=maybe"])
     assert flex_template.main(["--pipeline=nothing"]) == 2

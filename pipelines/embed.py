@@ -14,7 +14,7 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, S3Options
 
 from pipelines.flags import UsageError
 from pipelines.options import EmbedOptions
@@ -32,6 +32,7 @@ from pipelines.runner import (
     run_and_report,
 )
 from transforms import report, run_lock, storage
+from transforms.embed import accelerator as gpu
 from transforms.embed import files, models
 from transforms.embed.files import STAGE
 from transforms.outcomes import DEAD
@@ -92,6 +93,21 @@ def handler_of(options: PipelineOptions, max_pixels: int = models.MAX_PIXELS):
     )
 
 
+def accelerator_of(options: PipelineOptions) -> str | None:
+    """--accelerator as the resource hint it becomes (None when not given); with it, the
+    job runs one SDK process per worker, so that each GPU holds one model
+    (transforms.embed.accelerator). A malformed hint is a flag problem."""
+    given = options.view_as(EmbedOptions).accelerator
+    if not given:
+        return None
+    try:
+        hint = gpu.parse_accelerator(given)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    options.view_as(DebugOptions).add_experiment(gpu.ONE_SDK_PROCESS)
+    return hint
+
+
 def fingerprint_of(handler) -> str:
     """embed_model.json's weights_fingerprint (models.weights_fingerprint), before any work:
     a checkpoint that cannot be read is a flag problem."""
@@ -109,18 +125,20 @@ def build(
     handler,
     guard: run_lock.Guard | None = None,
     fingerprint: str = "",
+    accelerator: str | None = None,
 ) -> None:
     """Wire the stage, its dead letters and the run report (`handler`: an EmbedHandler;
-    `fingerprint`: its weights_fingerprint)."""
+    `fingerprint`: its weights_fingerprint; `accelerator`: the resource hint of the embed
+    stage alone, from accelerator_of)."""
     from transforms.embed.stage import EmbedFigures
 
     random = handler.weights == "none" and handler.model != "pixels"
     extra = {"weights_fingerprint": fingerprint}
-    stage = (
-        p
-        | "FigureFiles" >> beam.Create(uris)
-        | "EmbedStage" >> EmbedFigures(output, handler, source, guard, extra)
-    )
+    stage_transform = EmbedFigures(output, handler, source, guard, extra)
+    if accelerator:
+        # The whole stage, reads included: its images then never cross to a GPU worker.
+        stage_transform = stage_transform.with_resource_hints(accelerator=accelerator)
+    stage = p | "FigureFiles" >> beam.Create(uris) | "EmbedStage" >> stage_transform
     stage[DEAD] | "WriteDead" >> WriteDeadLetters(storage.join(output, "dead_letter"), guard=guard)
     counts = (
         stage["in"] | "In" >> beam.Map(lambda n: (f"{STAGE}.in", n)),
@@ -141,6 +159,7 @@ def build(
             "batch_size": handler.batch_size,
             "device": handler.device,
             "figure_files": len(uris),
+            **({"accelerator": accelerator} if accelerator else {}),
         },
     }
     (
@@ -156,13 +175,14 @@ def run(argv=None, test_pipeline=None, handler=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     # allow_empty, max_pixels: in the parsed flags (not Beam's)
     given, options, opts, source = job_options("embed", argv, __doc__)
+    accelerator = accelerator_of(options)
     handler = handler or handler_of(options, given.max_pixels)
     fingerprint = fingerprint_of(handler)
     uris = embed_inputs(source, given.allow_empty)
     p = make_pipeline(options, test_pipeline)
     run_id = run_lock.new_run_id()
     guard = run_lock.Guard(opts.output, run_id)
-    build(p, uris, source, opts.output, handler, guard, fingerprint)
+    build(p, uris, source, opts.output, handler, guard, fingerprint, accelerator)
     with output_lock(opts.output, run_id) as lock:
         prepare_output(opts.output, REPORT, opts.overwrite, OUTPUT_PARTS)
         shown = progress(opts.log_level, "embed", ["figures"], count_rows(uris))

@@ -105,6 +105,13 @@ class EmbedOptions(PipelineOptions):
             choices=("auto", "cpu", "cuda"),
             help="auto: a GPU (float16) where torch sees one, else the CPU (float32)",
         )
+        group.add_argument(
+            "--accelerator",
+            help="Dataflow: the GPU of each embed worker, as a resource hint on the embed "
+            "stage only (right fitting), e.g. type:nvidia-l4;count:1;machine_type:"
+            "g2-standard-4;install-nvidia-driver; count must be 1 (one model per GPU). Other "
+            "runners ignore it",
+        )
 
 
 class AllowEmpty:

@@ -3,5 +3,5 @@
 torch_shim: torchvision importable on CPU torch; pixels: the weight-free pixels-v1
 descriptor; models: --model/--weights and loading (`load_embedder`); handlers: the
 RunInference model handler; files: figure files in, embeddings files out; stage: the
-EmbedFigures PTransform.
+EmbedFigures PTransform; accelerator: --accelerator, the stage's GPU resource hint.
 """

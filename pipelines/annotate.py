@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
 from pipelines.flags import UsageError
-from pipelines.options import AnnotateOptions, InputOptions, RunOptions
+from pipelines.options import AnnotateOptions, EmbeddingsInputOptions, InputOptions, RunOptions
 from pipelines.runner import (
     REPORT,
     input_layout,
@@ -310,12 +310,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     options = PipelineOptions(argv)
     run_options = options.view_as(RunOptions)
     opts = options.view_as(AnnotateOptions)
+    embeddings = options.view_as(EmbeddingsInputOptions).embeddings
     source = options.view_as(InputOptions).input
     missing = [
         f"--{name}"
         for name, value in (
             ("input", source),
-            ("embeddings", opts.embeddings),
+            ("embeddings", embeddings),
             ("output", run_options.output),
         )
         if not value
@@ -324,22 +325,22 @@ def run(argv=None, test_pipeline=None) -> dict:
         raise UsageError("missing " + ", ".join(missing))
     check_values(opts)
     output = run_options.output
-    refuse_overlap(output, input=source, embeddings=opts.embeddings)
+    refuse_overlap(output, input=source, embeddings=embeddings)
     refuse_linked_overlap(output, source)
     options.view_as(SetupOptions).save_main_session = False
 
     # Everything that can refuse the run does so before the output is touched.
     allow_empty = given.allow_empty
-    files = embedding_files(opts.embeddings)
+    files = embedding_files(embeddings)
     figures = figures_folder(source)
     rows = check_figures(files, figures)
-    refuse_empty(opts.embeddings, files, rows, allow_empty)
-    info = embed_info(opts.embeddings, files)
+    refuse_empty(embeddings, files, rows, allow_empty)
+    info = embed_info(embeddings, files)
     model = reused_model(opts.cluster_model, info) if opts.cluster_model else None
     expert = expert_labels(opts.cluster_labels)
     zero_shot, why = labels.zero_shot_allowed(info)
     if zero_shot:
-        check_zero_shot_weights(opts.embeddings, info)
+        check_zero_shot_weights(embeddings, info)
     warn_if_capped(rows, opts)
     stage_terms = {
         STAGE: ("out", "dead_letter"),
@@ -351,7 +352,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     header = {
         "pipeline": "annotate",
         "input": source,
-        "embeddings": opts.embeddings,
+        "embeddings": embeddings,
         "output": output,
         "embedding_model": info["model_id"],
         "random_weights": bool(info.get("random_weights", False)),

@@ -143,13 +143,22 @@ class MaxPixels:
         )
 
 
+class EmbeddingsInputOptions(PipelineOptions):
+    """annotate's second input (run sets it to its own embed output)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument_group("annotate input").add_argument(
+            "--embeddings", help="an embed output (holds embeddings/*.parquet)"
+        )
+
+
 class AnnotateOptions(PipelineOptions):
     """annotate: what it clusters and labels (--input is InputOptions' extract output)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         group = parser.add_argument_group("annotate")
-        group.add_argument("--embeddings", help="an embed output (holds embeddings/*.parquet)")
         group.add_argument(
             "--clusters", type=int, default=2000, help="k-means clusters (at most sample / 10)"
         )
@@ -259,7 +268,7 @@ OPTIONS_OF = {
     "shard": (InputOptions, ShardOptions, ShardInputOptions, RunOptions, AllowEmpty),
     "subset": (InputOptions, SubsetOptions, ShardOptions, RunOptions, AllowEmpty),
     "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty, MaxPixels),
-    "annotate": (InputOptions, AnnotateOptions, RunOptions, AllowEmpty),
+    "annotate": (InputOptions, EmbeddingsInputOptions, AnnotateOptions, RunOptions, AllowEmpty),
     "enrich": (InputOptions, EnrichOptions, RunOptions, AllowEmpty),
     # Every stage's flags but those run sets itself (InputOptions, ShardInputOptions); the
     # extract's --allow_empty and --max_pixels are the same flags the others take.

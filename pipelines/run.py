@@ -8,10 +8,11 @@ dataset/), so any stage can be run again alone with its own command on those fol
 run_report.json gathers the stages' reports. The flags are the stage commands' flags, each
 handed to the stages that define it; Beam's flags (--runner, ...) go to every stage.
 
-Each stage is its own Beam job on the runner the flags name: each ends at a barrier the next
-needs whole (the PMID join, k-means over every embedding, the shard plan over every sample),
-and a stage's files at that barrier are what let it be re-run alone. On Dataflow it also lets
-embed run on GPU workers while the other stages run on CPU ones.
+Each stage is its own Beam job on the runner the flags name, awaited before the next starts
+(on Dataflow too): each ends at a barrier the next needs whole (the PMID join, k-means over
+every embedding, the shard plan over every sample), and a stage's files at that barrier are
+what let it be re-run alone. On Dataflow it also lets embed run on GPU workers while the
+other stages run on CPU ones.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import time
 from pipelines import options as options_of
 from pipelines.extract import WATERMARK
 from pipelines.flags import UsageError
-from pipelines.runner import REPORT, main_of, output_lock, prepare_output, refuse_overlap
+from pipelines.runner import (
+    REPORT,
+    main_of,
+    output_lock,
+    prepare_output,
+    refuse_overlap,
+    waiting_for_jobs,
+)
 from transforms import storage
 from transforms.annotate.clustering import MODEL_FILE as CLUSTER_MODEL
 from transforms.shard import replaced
@@ -96,13 +104,13 @@ def stage_argv(stage: str, given: list[tuple[str, list[str]]]) -> list[str]:
 def plan(argv: list[str]):
     """Check the flags (strictly, before any work); (output, [(stage, its argv)], the parsed
     flags)."""
+    for flag in ("--embeddings", "--annotations", "--input"):
+        if any(t == flag or t.startswith(flag + "=") for t in argv):
+            raise UsageError(f"{flag} is set by run itself (the stage before, under --output)")
     given = options_of.parse("run", argv, __doc__)
     output = given.output
     if not given.source or not output:
         raise UsageError("--source and --output are required")
-    for flag in ("--embeddings", "--annotations", "--input"):
-        if any(t == flag or t.startswith(flag + "=") for t in argv):
-            raise UsageError(f"{flag} is set by run itself (the stage before, under --output)")
     wanted = [s.strip() for s in given.stages.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in FOLDERS]
     if unknown or not wanted:
@@ -199,7 +207,7 @@ def run(argv=None) -> dict:
     output, steps, given = plan(argv)
     started = time.time()
     gathered = {"pipeline": "run", "output": output, "stages": {}}
-    with output_lock(output):
+    with output_lock(output), waiting_for_jobs():
         prepare_output(output, REPORT, given.overwrite, [REPLACES])
         for stage, stage_args in steps:
             module = importlib.import_module(dict((s, m) for s, _, m in STAGES)[stage])

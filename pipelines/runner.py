@@ -228,6 +228,22 @@ def progress(level: str, label: str, units: list[str], total: int | None = None)
     return (label, units, total)
 
 
+# Whether a job submitted to Dataflow is awaited: `biomedica run` awaits each stage's job,
+# since the next stage reads what it writes (see waiting_for_jobs).
+_WAIT_FOR_JOBS = False
+
+
+@contextlib.contextmanager
+def waiting_for_jobs():
+    """Within: run_and_report waits for a Dataflow job to finish and reads its report."""
+    global _WAIT_FOR_JOBS
+    before, _WAIT_FOR_JOBS = _WAIT_FOR_JOBS, True
+    try:
+        yield
+    finally:
+        _WAIT_FOR_JOBS = before
+
+
 def run_and_report(
     p: beam.Pipeline,
     output: str,
@@ -249,6 +265,7 @@ def run_and_report(
     from transforms import report
 
     dataflow = "Dataflow" in str(p.options.view_as(StandardOptions).runner or "")
+    dataflow = dataflow and not _WAIT_FOR_JOBS  # awaited: reported as any other run
     reporter = None
     if shown and not dataflow:
         reporter = progress_lines.Reporter(*shown).start()

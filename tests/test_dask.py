@@ -57,14 +57,24 @@ def on_dask(address: str) -> list[str]:
     return ["--runner", "DaskRunner", "--dask_client_address", address]
 
 
-def files_of(root: Path, *folders: str) -> dict[str, str]:
-    """sha256 of every file under the folders, by path relative to `root`."""
+def files_of(root: Path, *folders: str, home: Path | None = None) -> dict[str, str]:
+    """sha256 of every file under the folders, by path relative to `root`; in JSON and
+    Markdown files (reports, manifests, links, the card) the run's own folder reads `<run>`."""
     found = {}
     for folder in folders:
         for path in sorted((root / folder).rglob("*")):
             if path.is_file():
-                found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+                data = path.read_bytes()
+                if home is not None and path.suffix in (".json", ".md"):
+                    data = data.replace(str(home).encode(), b"<run>")
+                found[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
     return found
+
+
+def same_for_any_folder(report: dict, home: Path) -> dict:
+    """A run report less its time, its run's own folder reading `<run>`."""
+    text = json.dumps({k: v for k, v in report.items() if k != "wall_seconds"})
+    return json.loads(text.replace(str(home), "<run>"))
 
 
 # Beam's DaskRunner, run as it ships, loses what these do; ours must not.
@@ -183,7 +193,7 @@ def runs(cluster, tmp_path_factory):
     for name, flags in (("in-process", []), ("dask", on_dask(cluster))):
         quiet = [*flags, "--log_level", "ERROR"]
         out = root / name
-        jobs = {}
+        jobs = {"home": out}
         extracted = out / "extract"
         jobs["extract"] = (
             extracted,
@@ -223,10 +233,8 @@ def test_dask_reports_the_same_counts(runs, job):
     (_, local), (_, dask) = runs["in-process"][job], runs["dask"][job]
     assert dask["balanced"], dask
     assert dask["stages"] == local["stages"]
-    paths = ("input", "output", "wall_seconds")  # the runs' own folders differ
-    assert {k: v for k, v in dask.items() if k not in paths} == {
-        k: v for k, v in local.items() if k not in paths
-    }
+    homes = runs["in-process"]["home"], runs["dask"]["home"]
+    assert same_for_any_folder(dask, homes[1]) == same_for_any_folder(local, homes[0])
 
 
 @pytest.mark.slow
@@ -246,16 +254,23 @@ def test_dask_shards_have_the_same_checksums(runs):
     assert len(manifests[0]["shards"]) >= 3
     assert manifests[1]["shards"] == manifests[0]["shards"]
     assert manifests[1]["totals"] == manifests[0]["totals"]
-    assert files_of(dask, "webdataset", "parquet") == files_of(local, "webdataset", "parquet")
+    homes = runs["in-process"]["home"], runs["dask"]["home"]
+    assert files_of(dask, ".", home=homes[1]) == files_of(local, ".", home=homes[0])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["embed", "enrich"])
 def test_dask_embed_and_enrich_write_the_same_files(runs, job):
     (local, report), (dask, _) = runs["in-process"][job], runs["dask"][job]
-    written = [files_of(out, ".") for out in (local, dask)]
-    for files in written:
-        assert files.pop("run_report.json")  # names its own output folder
+    homes = runs["in-process"]["home"], runs["dask"]["home"]
+    written = [files_of(local, ".", home=homes[0]), files_of(dask, ".", home=homes[1])]
+    if job == "enrich":
+        # The link to the figures names the checksum of their run's report, which names its
+        # own folder: each run links to its own extract output.
+        for files, out, home in ((written[0], local, homes[0]), (written[1], dask, homes[1])):
+            assert files.pop("extract/figures.json")
+            link = json.loads((out / "extract" / "figures.json").read_text())
+            assert link["figures"] == str(home / "with-pmids" / "extract" / "figures")
     assert len(written[0]) >= 2
     assert written[1] == written[0]
     if job == "enrich":

@@ -275,3 +275,63 @@ def test_dask_embed_and_enrich_write_the_same_files(runs, job):
     assert written[1] == written[0]
     if job == "enrich":
         assert report["stages"]["enrich"]["by_status"]["matched"] >= 4
+
+
+# deploy/dask: the files parse and their commands name real flags.
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "dask"
+
+
+def _commands(markdown: str, program: str) -> list[list[str]]:
+    """The command lines of the fenced code blocks that start with `program`, as argv."""
+    import re
+    import shlex
+
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith(program + " "):
+                found.append(shlex.split(line.split(" &", 1)[0], comments=True)[1:])
+    return found
+
+
+def test_the_deploy_readme_commands_name_real_flags():
+    import importlib.util
+
+    text = (DEPLOY / "README.md").read_text()
+    runs = _commands(text, "biomedica")
+    assert len(runs) >= 4
+    for pipeline, *argv in runs:
+        assert "DaskRunner" in argv
+        options.parse(pipeline, argv)
+    spec = importlib.util.spec_from_file_location("slurm_cluster", DEPLOY / "slurm_cluster.py")
+    slurm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(slurm)  # dask-jobqueue is imported only when it starts a cluster
+    (script, *argv), *_ = _commands(text, "python")
+    assert script == "deploy/dask/slurm_cluster.py"
+    args = slurm.parse(argv)
+    assert (args.jobs, args.cores, args.address_file) == (8, 16, "scheduler.txt")
+
+
+def test_the_kubernetes_manifests_parse_and_agree():
+    import yaml
+
+    (cluster,) = yaml.safe_load_all((DEPLOY / "kubernetes" / "dask-cluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("kubernetes.dask.org/v1", "DaskCluster")
+    spec = cluster["spec"]
+    worker = spec["worker"]["spec"]["containers"][0]
+    scheduler = spec["scheduler"]["spec"]["containers"][0]
+    assert worker["command"] == ["dask", "worker"]
+    assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"
+    assert scheduler["command"] == ["dask", "scheduler"]
+    assert worker["image"] == scheduler["image"] == "IMAGE"
+    port = spec["scheduler"]["service"]["ports"][0]
+    assert port["name"] == "tcp-comm" and port["port"] == 8786
+
+    (job,) = yaml.safe_load_all((DEPLOY / "kubernetes" / "submit-job.yaml").read_text())
+    launcher = job["spec"]["template"]["spec"]["containers"][0]
+    assert launcher["command"] == ["biomedica"] and launcher["image"] == "IMAGE"
+    pipeline, *argv = launcher["args"]
+    options.parse(pipeline, argv)
+    address = argv[argv.index("--dask_client_address") + 1]
+    assert address == f"tcp://{cluster['metadata']['name']}-scheduler:{port['port']}"

@@ -41,6 +41,12 @@ def _beam_parser() -> argparse.ArgumentParser:
             raise UsageError(message)
 
     parser = Parser(prog="beam", add_help=False, allow_abbrev=False, conflict_handler="resolve")
+    # An options class is registered when its module is imported, and Beam does not import
+    # its Dask runner's (--dask_client_address, ...) until that runner runs.
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:  # dask not installed: its flags are refused as unknown
+        pass
     seen = {}
     for cls in PipelineOptions.__subclasses__():
         if cls.__module__.startswith("apache_beam"):

@@ -28,9 +28,18 @@ def make_pipeline(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline
     """
     if test_pipeline is not None:
         return test_pipeline
-    if options.view_as(StandardOptions).runner:
+    runner = options.view_as(StandardOptions).runner
+    if isinstance(runner, str) and runner.strip().lower() in DASK_RUNNER_NAMES:
+        # Beam's own DaskRunner runs only part of a graph like ours (pipelines.dask_runner).
+        from pipelines.dask_runner import DaskRunner
+
+        return beam.Pipeline(runner=DaskRunner(), options=options)
+    if runner:
         return beam.Pipeline(options=options)
     return beam.Pipeline(runner=_runner(), options=options)
+
+
+DASK_RUNNER_NAMES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner")
 
 
 def _runner():

@@ -10,6 +10,7 @@ themselves) a tick only bumps an in-process counter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -72,6 +73,35 @@ def _flush_at_exit() -> None:
 import atexit  # noqa: E402  (registered once the functions above exist)
 
 atexit.register(_flush_at_exit)
+
+
+_joined: str | None = None
+
+
+@contextlib.contextmanager
+def joined(folder: str | None):
+    """A bundle run by a long-lived worker process (a Dask worker) for the run whose
+    launcher made `folder`: it counts for that run (from zero, not on top of an earlier
+    run's counts) and writes its counts there when the bundle ends. A folder this machine
+    lacks (a worker on another machine) or none leaves progress off."""
+    global _joined
+    mine = os.environ.get(_LAUNCHER) == str(os.getpid())  # the launcher counts in-process
+    if not folder or mine or not os.path.isdir(folder):
+        yield
+        return
+    with _lock:
+        if _joined != folder:
+            _counts.clear()
+            _joined = folder
+        os.environ[PROGRESS_DIR] = folder
+    try:
+        yield
+    finally:
+        try:
+            with _lock:
+                _write_own(folder)
+        except Exception:
+            pass  # progress is a courtesy: it never fails a run
 
 
 def totals(folder: str | None) -> Counter:

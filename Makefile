@@ -30,6 +30,12 @@ demo: $(VENV)/.installed
 	@echo "card:     out/demo/dataset/README.md"
 	@echo "gallery:  out/demo/annotate/gallery/index.html (open it in a browser to label clusters)"
 
+# `biomedica run` on the sample corpus on the in-process, portable (LOOPBACK) and Dask
+# runners: the same dataset, or a failure naming the difference (.ci/run calls it).
+.PHONY: compare-runners
+compare-runners: $(VENV)/.installed
+	$(PY) .ci/compare_runners.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 

@@ -9,7 +9,12 @@ import os
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    TestOptions,
+)
 
 from pipelines import options as options_of
 from pipelines.flags import UsageError, log_level
@@ -274,7 +279,9 @@ def run_and_report(
     from transforms import report
 
     dataflow = "Dataflow" in str(p.options.view_as(StandardOptions).runner or "")
-    dataflow = dataflow and not _WAIT_FOR_JOBS  # awaited: reported as any other run
+    # Awaited (biomedica run), a job is reported as any other run; a dry run has no job.
+    dry_run = bool(p.options.view_as(TestOptions).dry_run)
+    dataflow = dataflow and (not _WAIT_FOR_JOBS or dry_run)
     reporter = None
     if shown and not dataflow:
         reporter = progress_lines.Reporter(*shown).start()

@@ -493,7 +493,9 @@ def template_parameters(pipeline: str, inputs: dict[str, Path]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", list(OPTIONS_OF))
+# `run` is no graph of its own: it runs the stages' jobs one after another, each translated
+# here under its own name (test_run_hands_each_stage_to_dataflow checks the hand-over).
+@pytest.mark.parametrize("pipeline", [p for p in OPTIONS_OF if p != "run"])
 def test_graph_translates_into_a_dataflow_job(pipeline, inputs, monkeypatch, capsys):
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2
@@ -544,3 +546,28 @@ def test_graph_translates_into_a_dataflow_job(pipeline, inputs, monkeypatch, cap
         assert not any("worker_accelerator" in o for o in environment.proto.service_options)
     else:
         assert not hinted and gpu.ONE_SDK_PROCESS not in experiments
+
+
+@pytest.mark.slow
+def test_run_hands_each_stage_to_dataflow(inputs, monkeypatch, capsys):
+    """run on Dataflow submits each stage's own job (a dry run submits nothing, so only the
+    first stage can be translated: the next reads what that job would write)."""
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+
+    built = []
+    submit = DataflowRunner.run_pipeline
+
+    def spy(self, p, options, pipeline_proto=None):
+        built.append(self)
+        return submit(self, p, options, pipeline_proto)
+
+    monkeypatch.setattr(DataflowRunner, "run_pipeline", spy)
+    argv = [*template_parameters("run", inputs), "--stages=extract", *DATAFLOW]
+    code = flex_template.main(argv)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (runner,) = built
+    names = {t.unique_name for t in runner.proto_pipeline.components.transforms.values()}
+    assert STEPS["extract"] <= names
+    gathered = json.loads(out.out[out.out.rindex('{\n  "balanced"') :])
+    assert gathered["pipeline"] == "run" and list(gathered["stages"]) == ["extract"]

@@ -1,6 +1,6 @@
 """Benchmark: `biomedica run` on a local Dask cluster of 1 and of 2 worker processes.
 
-    python bench/dask_workers.py --articles 200 --image_side 500
+    python bench/dask_workers.py --articles 400 --image_side 500
 
 Starts a dask.distributed cluster on 127.0.0.1 (one thread per worker process, no
 dashboard), warms its workers (a first run imports Beam and torch in each), then runs the
@@ -32,10 +32,7 @@ def _run(corpus: Path, out: Path, address: str) -> dict:
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     took = time.time() - started
     report = json.loads((out / "run_report.json").read_text())
-    stages = {
-        stage: json.loads(Path(info["report"]).read_text()).get("wall_seconds")
-        for stage, info in report["stages"].items()
-    }
+    stages = {stage: info["wall_seconds"] for stage, info in report["stages"].items()}
     return {"wall_s": round(took, 1), "stages_wall_s": stages, "balanced": report["balanced"]}
 
 
@@ -43,7 +40,7 @@ def main() -> None:
     from distributed import LocalCluster
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--articles", type=int, default=200)
+    parser.add_argument("--articles", type=int, default=400)
     parser.add_argument("--image_side", type=int, default=500)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workdir", default=str(REPO / "bench" / "results"))

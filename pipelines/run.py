@@ -224,6 +224,7 @@ def run(argv=None) -> dict:
                 "output": folder,
                 "balanced": bool(result.get("balanced")),
                 "report": storage.join(folder, REPORT),
+                "wall_seconds": result.get("wall_seconds"),
                 **({"error": result["error"]} if result.get("error") else {}),
             }
             if result.get("error") or not (result.get("balanced") or result.get("submitted")):

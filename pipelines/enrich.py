@@ -13,6 +13,7 @@ With --eutils, fetched records are cached in <--output>/pubmed_cache (or --eutil
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from pipelines.flags import UsageError
 from pipelines.options import EnrichOptions
 from pipelines.runner import (
     REPORT,
+    input_layout,
     job_options,
     main_of,
     make_pipeline,
@@ -41,7 +43,8 @@ from transforms import extract_layout, report, run_lock, storage
 from transforms.outcomes import DEAD
 from transforms.pubmed import eutils, stage
 from transforms.pubmed.medline import file_order_key
-from transforms.sinks import WriteDeadLetters, footer_rows
+from transforms.shard.write_shards import count_rows
+from transforms.sinks import WriteDeadLetters
 
 OUTPUT_PARTS = [extract_layout.EXTRACT, "dead_letter"]
 CACHE = "pubmed_cache"
@@ -49,10 +52,10 @@ CACHE = "pubmed_cache"
 
 def source_layout(source: str, s3: storage.S3Config) -> tuple[extract_layout.Layout, dict]:
     """The input's layout and the link the output keeps to its figures."""
-    if not extract_layout.is_output_folder(source):
+    found = input_layout(source, s3)
+    if found is None:
         raise UsageError(f"--input {source}: give the extract output folder, not a file or glob")
     try:
-        found = extract_layout.layout(source, s3)
         return found, extract_layout.link_for(found, s3)
     except extract_layout.LinkError as err:
         raise SystemExit(str(err)) from None
@@ -106,19 +109,17 @@ def medline_files(globs: list[str], s3) -> list[str]:
     return [uris[name] for name in sorted(uris, key=file_order_key)]
 
 
-# E-utilities flags and their defaults: given with --medline, they would do nothing.
-EUTILS_FLAGS = {
-    "ncbi_email": None,
-    "ncbi_api_key": None,
-    "eutils_cache": None,
-    "eutils_base_url": eutils.DEFAULT_BASE_URL,
-    "eutils_max_retries": 5,
-    "eutils_timeout": 30.0,
-}
+def _eutils_defaults() -> dict:
+    """Each E-utilities flag's default (EnrichOptions' own): given with --medline, a value
+    other than it would do nothing."""
+    parser = argparse.ArgumentParser(add_help=False)
+    EnrichOptions._add_argparse_args(parser)
+    return {a.dest: a.default for a in parser._actions if a.dest not in ("medline", "eutils")}
 
 
 def refuse_eutils_flags(enrich: EnrichOptions) -> None:
-    given = [f"--{f}" for f, default in EUTILS_FLAGS.items() if getattr(enrich, f) != default]
+    defaults = _eutils_defaults()
+    given = [f"--{f}" for f, default in defaults.items() if getattr(enrich, f) != default]
     if given:
         raise UsageError(f"{', '.join(given)} apply to --eutils only, not --medline")
 
@@ -229,17 +230,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         if kind == "eutils":
             check_cache(records["cache_dir"].root, s3)
         extract_layout.write_link(opts.output, link, s3)
-        rows = [footer_rows(uri) for uri in articles]
-        total = None if None in rows else sum(rows)
-        units = (
-            ["articles", "MEDLINE files", "PubMed records"]
-            if kind == "medline"
-            else [
-                "articles",
-                "PMIDs",
-            ]
-        )
-        shown = progress(opts.log_level, "enrich", units, total)
+        sources = ["MEDLINE files", "PubMed records"] if kind == "medline" else ["PMIDs"]
+        shown = progress(opts.log_level, "enrich", ["articles", *sources], count_rows(articles))
         result = run_and_report(p, opts.output, time.time(), [], lock, shown)
     return nothing_selected(result, stage.STAGE, "no article was enriched", given.allow_empty)
 

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 
+from pipelines import flags
 from pipelines import options as options_of
 from pipelines.extract import WATERMARK
 from pipelines.flags import UsageError
@@ -47,6 +48,7 @@ STAGES = (
     ("shard", "dataset", "pipelines.shard"),
 )
 FOLDERS = {stage: folder for stage, folder, _ in STAGES}
+MODULES = {stage: module for stage, _, module in STAGES}
 # Flags run sets for each stage itself: where a stage reads and writes.
 WIRED = frozenset({"--output", "--input", "--embeddings", "--annotations", "--source"})
 # An incremental run's list of the earlier samples its new versions replace.
@@ -65,7 +67,8 @@ def _actions(classes) -> dict[str, argparse.Action]:
 
 def split_flags(argv: list[str]) -> list[tuple[str, list[str]]]:
     """argv as (flag, its tokens), by the run's and Beam's own flag definitions."""
-    known = {**_actions(flags_beam_classes()), **_actions(options_of.OPTIONS_OF["run"])}
+    beam = {o: a for a in flags._beam_parser()._actions for o in a.option_strings}
+    known = {**beam, **_actions(options_of.OPTIONS_OF["run"])}
     out, i = [], 0
     while i < len(argv):
         token = argv[i]
@@ -79,13 +82,6 @@ def split_flags(argv: list[str]) -> list[tuple[str, list[str]]]:
             out.append((name, [token]))
             i += 1
     return out
-
-
-def flags_beam_classes():
-    """Beam's registered PipelineOptions classes (what pipelines.flags accepts)."""
-    from apache_beam.options.pipeline_options import PipelineOptions as Base
-
-    return [c for c in Base.__subclasses__() if c.__module__.startswith("apache_beam")]
 
 
 def stage_argv(stage: str, given: list[tuple[str, list[str]]]) -> list[str]:
@@ -205,12 +201,13 @@ def run(argv=None) -> dict:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     output, steps, given = plan(argv)
+    earlier = earlier_run(given.since) if given.since else None
     started = time.time()
     gathered = {"pipeline": "run", "output": output, "stages": {}}
     with output_lock(output), waiting_for_jobs():
         prepare_output(output, REPORT, given.overwrite, [REPLACES])
         for stage, stage_args in steps:
-            module = importlib.import_module(dict((s, m) for s, _, m in STAGES)[stage])
+            module = importlib.import_module(MODULES[stage])
             print(
                 f"biomedica run: {stage} -> {stage_args[stage_args.index('--output') + 1]}",
                 file=sys.stderr,
@@ -219,7 +216,7 @@ def run(argv=None) -> dict:
             result = module.run(stage_args)
             folder = storage.join(output, FOLDERS[stage])
             if stage == "extract":
-                gathered["watermark"] = _watermark(folder, given.since)
+                gathered["watermark"] = _watermark(folder, earlier)
             gathered["stages"][stage] = {
                 "output": folder,
                 "balanced": bool(result.get("balanced")),
@@ -234,8 +231,8 @@ def run(argv=None) -> dict:
             if stage == "extract" and result.get("note"):  # --since: nothing new
                 gathered["note"] = result["note"]
                 break
-        if given.since and "error" not in gathered:
-            gathered["since"] = since_summary(given.since, output, gathered)
+        if earlier is not None and "error" not in gathered:
+            gathered["since"] = since_summary(given.since, earlier, output, gathered)
         gathered["balanced"] = "error" not in gathered and all(
             s["balanced"] for s in gathered["stages"].values()
         )
@@ -258,24 +255,23 @@ def _after(watermark: str) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _watermark(extract_output: str, since: str | None) -> str:
+def _watermark(extract_output: str, earlier: dict | None) -> str:
     """The newest LastModified this run took, or the earlier run's where it took none new."""
     newest = ""
     uri = storage.join(extract_output, WATERMARK)
     if storage.exists(uri):
         newest = json.loads(storage.read_bytes(uri)).get("last_modified", "")
-    if since:
-        newest = max(newest, earlier_run(since)["watermark"])
+    if earlier is not None:
+        newest = max(newest, earlier["watermark"])
     return newest
 
 
-def since_summary(since: str, output: str, gathered: dict) -> dict:
+def since_summary(since: str, earlier: dict, output: str, gathered: dict) -> dict:
     """What an incremental run skipped as unchanged, and the earlier samples its new versions
-    replace (written to replaces.parquet)."""
+    replace (written to replaces.parquet). `earlier`: the report of the run --since names."""
     extract = json.loads(storage.read_bytes(storage.join(output, FOLDERS["extract"], REPORT)))
     discover = extract.get("stages", {}).get("discover", {})
     skipped = discover.get("filtered_by_reason", {}).get("modified_before_window", 0)
-    earlier = json.loads(storage.read_bytes(storage.join(since, REPORT)))
     summary = {
         "from": since,
         "watermark": earlier["watermark"],

@@ -95,14 +95,16 @@ def prepare_output(output: str, marker: str, overwrite: bool, subdirs: list[str]
 REPORT = "run_report.json"
 
 
-def input_layout(source: str) -> extract_layout.Layout | None:
+def input_layout(
+    source: str, s3: storage.S3Config = storage.S3Config()
+) -> extract_layout.Layout | None:
     """The tables of an --input output folder: an extract output's own, or an enrich
     output's articles beside the figures its link names (checked fresh); None for a figure
     file or glob. A stale or unreadable link ends the run here, in one line."""
     if not extract_layout.is_output_folder(source):
         return None
     try:
-        return extract_layout.layout(source)
+        return extract_layout.layout(source, s3)
     except extract_layout.LinkError as err:
         raise SystemExit(str(err)) from None
 

@@ -19,7 +19,7 @@ from conftest import read_table, run_extract
 from pipelines import shard as shard_pipeline
 from pipelines import subset as subset_pipeline
 from transforms.records import ARTICLE_SCHEMA, FIGURE_FILE_SCHEMA, FIGURE_SCHEMA
-from transforms.shard.sources import ArticleTexts, text_column
+from transforms.shard.sources import ArticleColumns, text_column
 from transforms.shard.write_shards import _values
 
 FIGURES = {"PMC101": 30, "PMC102": 2}
@@ -278,7 +278,7 @@ def test_article_texts_in_any_order(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "ARTICLE_BATCH_ROWS", 2)  # several batches per file
     rows = [(f"PMC{n}", 1, "s", f"text {n}") for n in range(10)]
     rows += [("PMC5", 2, "s", "text 5, version 2"), ("PMC5", None, "s", "text 5, no version")]
-    texts = ArticleTexts(_articles_file(tmp_path / "a.parquet", rows))
+    texts = ArticleColumns(_articles_file(tmp_path / "a.parquet", rows))
     asked = [("PMC1", 1), ("PMC8", 1), ("PMC2", 1), ("PMC5", 2), ("PMC5", 1), ("PMC5", None)]
     asked += [("PMC9", 1), ("PMC0", 1), ("PMC9", 1), ("PMC404", 1), ("PMC3", 1)]
     got = [texts.text(article_id(a, v, "s")) for a, v in asked]

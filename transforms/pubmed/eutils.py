@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import random
-import re
 import threading
 import time
 import urllib.error
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from transforms.pubmed.join import parse_pmid
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
@@ -42,7 +43,6 @@ RATE_MARGIN = 0.03
 MAX_RESPONSE_BYTES = 256 << 20  # 200 records are a few MB; anything past this is not efetch
 MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the batch rather than stall a worker
 RECORD_TAGS = ("PubmedArticle", "PubmedBookArticle")
-_PMID = re.compile(r"[0-9]{1,12}")
 
 DOCUMENT_HEAD = b'<?xml version="1.0" encoding="UTF-8"?>\n<PubmedArticleSet>\n'
 DOCUMENT_TAIL = b"</PubmedArticleSet>\n"
@@ -144,11 +144,11 @@ def normalise_pmids(pmids: Iterable[str]) -> tuple[list[str], list[str]]:
     """(valid PMIDs deduplicated and sorted numerically, the invalid ones sorted)."""
     valid, invalid = set(), set()
     for raw in pmids:
-        text = str(raw).strip()
-        if _PMID.fullmatch(text) and int(text) > 0:
-            valid.add(str(int(text)))
+        pmid, _ = parse_pmid(raw)
+        if pmid is None:
+            invalid.add(str(raw).strip())
         else:
-            invalid.add(text)
+            valid.add(pmid)
     return sorted(valid, key=int), sorted(invalid)
 
 

@@ -19,7 +19,6 @@ is per client.
 from __future__ import annotations
 
 import io
-import logging
 import posixpath
 
 import apache_beam as beam
@@ -47,8 +46,6 @@ SOURCE_STAGES = {
 COUNTS = "counts"  # (count name, n) pairs for the run report
 FAILED = "failed"  # names of MEDLINE files that failed to parse
 SCANNED = "scanned"  # (articles file name, rows) of each file the PMID scan read
-
-log = logging.getLogger(__name__)
 
 
 def _name(uri: str) -> str:

@@ -151,10 +151,6 @@ class ArticleColumns:
         return table
 
 
-# The name the text-only lookup had (tests and callers that want texts alone).
-ArticleTexts = ArticleColumns
-
-
 def _article_ids(table: pa.Table) -> list[tuple]:
     values = zip(*(_column(table, c) for c in ARTICLE_ID_COLUMNS), strict=True)
     return [article_id(*v) for v in values]

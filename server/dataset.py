@@ -85,8 +85,9 @@ class DatasetFiles:
             predicate = compile_where(where, SHARD_INDEX_SCHEMA)
         except FilterError as err:
             raise ApiError(400, "invalid_where", str(err)) from None
-        names = {n.id for n in ast.walk(ast.parse(where.strip(), mode="eval"))
-                 if isinstance(n, ast.Name)}
+        names = {
+            n.id for n in ast.walk(ast.parse(where.strip(), mode="eval")) if isinstance(n, ast.Name)
+        }
         columns = [c for c in SHARD_INDEX_SCHEMA.names if c in names]
         mask = np.zeros(self.samples, dtype=bool)
         for shard in self.shards:

@@ -96,7 +96,9 @@ class IndexFiles:
         except ValueError:
             raise IndexUnusable(f"{storage.join(uri, MANIFEST)} is not JSON") from None
         if self.manifest.get("version") != 1:
-            raise IndexUnusable(f"{uri}: index version {self.manifest.get('version')!r}; serve reads 1")
+            raise IndexUnusable(
+                f"{uri}: index version {self.manifest.get('version')!r}; serve reads 1"
+            )
         self.samples = int(self.manifest.get("samples", 0))
         self.db_path = self._local(self.manifest.get("keyword", {}).get("file", SAMPLES_DB))
         self._local_conn = threading.local()
@@ -248,7 +250,9 @@ def check_dataset(index: IndexFiles, dataset_uri: str, s3=storage.S3Config()) ->
     try:
         have = manifest_sha256(dataset_uri, s3)
     except Exception as err:
-        raise IndexUnusable(f"{dataset_uri} is not a dataset: no readable {MANIFEST} ({err})") from None
+        raise IndexUnusable(
+            f"{dataset_uri} is not a dataset: no readable {MANIFEST} ({err})"
+        ) from None
     if want != have:
         built = index.manifest.get("dataset") or "another dataset"
         raise IndexUnusable(

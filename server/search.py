@@ -189,8 +189,10 @@ class Searcher:
         """GET /search: keyword (and semantic) hits merged; with no words, the first k samples
         `where` admits, in id order (all samples without a where)."""
         started = time.perf_counter()
-        q, k, where = check_query(q, self.limits), check_k(k, self.limits), check_where(
-            where, self.limits
+        q, k, where = (
+            check_query(q, self.limits),
+            check_k(k, self.limits),
+            check_where(where, self.limits),
         )
         mask = self.mask(where)
         total = int(mask.sum()) if mask is not None else self.index.samples

@@ -237,6 +237,38 @@ def test_reciprocal_rank_fusion():
     assert [s for s, _, _ in fuse([("a", [5]), ("b", [2])], 2)] == [2, 5]
 
 
+def test_filtered_ivf_search_probes_more_lists_until_k_pass():
+    """An IVF index searched under a sparse filter: its nprobe lists hold too few samples
+    that pass, so it is searched again with more, and ends as exact as a flat search."""
+    import faiss
+    import numpy as np
+
+    from server.index_files import Vectors
+    from server.search import vector_search
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(4000, 16)).astype(np.float32)
+    faiss.normalize_L2(data)
+    ids = np.arange(4000, dtype=np.int64) * 3  # ids are not row numbers
+    ivf = faiss.index_factory(16, "IVF32,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(data)
+    ivf.add_with_ids(data, ids)
+    mask = np.zeros(12000, dtype=bool)
+    mask[ids[rng.choice(4000, 25, replace=False)]] = True
+    info = {"nprobe": 1}
+    found = vector_search(
+        Vectors("image", ivf, info, faiss.extract_index_ivf(ivf)), data[7], 10, mask
+    )
+    admitted = ids[mask[ids]]
+    rows = data[mask[ids]]
+    exact = admitted[np.argsort(-(rows @ data[7]), kind="stable")[:10]]
+    assert [i for i, _ in found] == exact.tolist()
+    unfiltered = vector_search(
+        Vectors("image", ivf, info, faiss.extract_index_ivf(ivf)), data[7], 10, None
+    )
+    assert unfiltered[0][0] == ids[7] and len(unfiltered) == 10
+
+
 # ---- where ---------------------------------------------------------------------------------
 
 

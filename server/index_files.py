@@ -197,21 +197,25 @@ class IndexFiles:
             return list(range(min(k, self.samples)))
         return [int(i) for i in np.flatnonzero(mask)[:k]]
 
-    def keyword(self, expression: str, k: int, mask: np.ndarray | None, scan: int) -> list[int]:
+    def keyword(
+        self, expression: str, k: int, mask: np.ndarray | None, scan: int, matches: int
+    ) -> list[int]:
         """Sample ids matching the FTS5 `expression`, best bm25 first, at most k of those the
-        mask admits; under a mask at most `scan` hits are walked (fetched in pages)."""
+        mask admits. Bounded work: bm25 is computed for at most `matches` matching samples
+        (the first in id order: FTS5 has no early exit for a ranked query, and a common word
+        matches most of a dataset), and under a mask at most `scan` hits are walked."""
         weights = ", ".join(str(w) for w in BM25_WEIGHTS)
         limit = k if mask is None else max(k, scan)
         cursor = self.conn().execute(
-            f"SELECT rowid FROM samples_fts WHERE samples_fts MATCH ? "
-            f"ORDER BY bm25(samples_fts, {weights}) LIMIT ?",
-            (expression, limit),
+            f"SELECT id FROM (SELECT rowid AS id, bm25(samples_fts, {weights}) AS score "
+            f"FROM samples_fts WHERE samples_fts MATCH ? LIMIT ?) ORDER BY score, id LIMIT ?",
+            (expression, matches, limit),
         )
         out: list[int] = []
         while len(out) < k and (page := cursor.fetchmany(256)):
-            for (rowid,) in page:
-                if mask is None or (0 <= rowid < len(mask) and mask[rowid]):
-                    out.append(int(rowid))
+            for (sample,) in page:
+                if mask is None or (0 <= sample < len(mask) and mask[sample]):
+                    out.append(int(sample))
                     if len(out) == k:
                         break
         cursor.close()

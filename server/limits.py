@@ -32,6 +32,10 @@ class Limits:
     # Keyword search under a `where`: FTS hits walked (best first) looking for k that pass
     # the filter. A filter that admits almost nothing can then return fewer than k.
     max_keyword_scan: int = 20_000
+    # Keyword matches scored (bm25) per query: a word most captions hold would otherwise
+    # cost a scoring pass over the whole dataset. A query matching more is ranked among the
+    # first this many matches in id order.
+    max_keyword_matches: int = 100_000
     max_query_terms: int = 32  # words of a query the keyword index is asked for
 
 

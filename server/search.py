@@ -1,9 +1,10 @@
 """Search over an index: keyword (SQLite FTS5, bm25), semantic (faiss), by image. Beam-free.
 
 Keyword: the query's words, each quoted (so nothing a user types is FTS5 syntax: no column
-filters, NEAR, `*` or unbalanced quotes), joined with OR and ranked by bm25: a sample holding
-more of the words, rarer ones, ranks higher. Semantic (models with a text tower only): the
-query embedded with the dataset's model, searched in the caption index and the image index.
+filters, NEAR, `*` or unbalanced quotes), ranked by bm25: first the samples holding every
+word, then, while fewer than k, those holding any of them (rarer words weigh more).
+Semantic (models with a text tower only): the query embedded with the dataset's model,
+searched in the caption index and the image index.
 
 The lists are merged by reciprocal rank fusion: a sample's score is the sum, over the lists
 that hold it, of 1 / (RRF_K + its rank there), ranks from 1. RRF_K = 60 is the constant of
@@ -44,16 +45,24 @@ PMC_ARTICLE_URL = "https://pmc.ncbi.nlm.nih.gov/articles/{pmcid}/"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def match_expression(q: str, max_terms: int = 32) -> str | None:
-    """An FTS5 MATCH expression for the words of `q` (None when it has none): every word a
-    quoted string (`\\w+` runs hold no double quote, so none needs escaping)."""
+def query_words(q: str, max_terms: int = 32) -> list[str]:
+    """The distinct words (`\\w+` runs, lower-cased) of a query, at most max_terms."""
     words: list[str] = []
     for word in _WORD.findall(q.lower()):
         if word not in words:
             words.append(word)
-        if len(words) == max_terms:
-            break
-    return " OR ".join(f'"{w}"' for w in words) or None
+            if len(words) == max_terms:
+                break
+    return words
+
+
+def match_expression(q: str, max_terms: int = 32, operator: str = "OR") -> str | None:
+    """An FTS5 MATCH expression for the words of `q` (None when it has none): every word a
+    quoted string (`\\w+` runs hold no double quote, so none needs escaping), joined with
+    OR or AND."""
+    if operator not in ("OR", "AND"):
+        raise ValueError(f"operator {operator!r}")
+    return f" {operator} ".join(f'"{w}"' for w in query_words(q, max_terms)) or None
 
 
 def fuse(ranked: list[tuple[str, list[int]]], k: int) -> list[tuple[int, float, list[str]]]:
@@ -196,22 +205,34 @@ class Searcher:
         )
         mask = self.mask(where)
         total = int(mask.sum()) if mask is not None else self.index.samples
-        expression = match_expression(q, self.limits.max_query_terms)
+        words = query_words(q, self.limits.max_query_terms)
         use_semantic = bool(semantic and self.semantic_available and q and self.text_vectors)
-        if expression is None and not use_semantic:
+        if not words and not use_semantic:
             ranked = [(s, 0.0, ["filter"]) for s in self.index.first_ids(k, mask)]
             return self._answer(q, k, where, False, started, total, self._hits(ranked))
         lists: list[tuple[str, list[int]]] = []
-        if expression is not None:
-            lists.append(
-                ("keyword", self.index.keyword(expression, k, mask, self.limits.max_keyword_scan))
-            )
+        if words:
+            lists.append(("keyword", self.keyword(q, k, mask)))
         if use_semantic:
             vector = self.embedder.embed_texts([q])[0]
             for vectors in self.text_vectors:
                 lists.append(("semantic", [s for s, _ in vector_search(vectors, vector, k, mask)]))
         hits = self._hits(fuse(lists, k))
         return self._answer(q, k, where, use_semantic, started, total, hits)
+
+    def keyword(self, q: str, k: int, mask: np.ndarray | None) -> list[int]:
+        """Samples holding every word first (fewer matches to score, and the better hits),
+        then, while fewer than k, those holding any."""
+        limits = self.limits
+        bounds = (limits.max_keyword_scan, limits.max_keyword_matches)
+        every = match_expression(q, limits.max_query_terms, "AND")
+        found = self.index.keyword(every, k, mask, *bounds)
+        if len(found) < k and " AND " in every:
+            have = set(found)
+            anyone = match_expression(q, limits.max_query_terms, "OR")
+            more = self.index.keyword(anyone, k + len(found), mask, *bounds)
+            found += [s for s in more if s not in have][: k - len(found)]
+        return found
 
     def search_image(self, data: bytes, name: str, k: int, where: str | None) -> dict:
         """POST /search/image: the samples whose images are nearest the upload's, scored by

@@ -228,6 +228,37 @@ def test_match_expression_quotes_every_word_and_bounds_them():
     assert match_expression("p53 p53 P53") == '"p53"'
 
 
+def test_samples_holding_every_word_come_first(built, client):
+    import sqlite3
+
+    db = sqlite3.connect(built["idx"] / "samples.sqlite")
+
+    def holders(word: str) -> set[int]:
+        rows = db.execute("SELECT rowid FROM samples_fts WHERE samples_fts MATCH ?", (f'"{word}"',))
+        return {r[0] for r in rows}
+
+    words = sorted({w for r in built["rows"] for w in _words(r["caption"]) if w.isalpha()})
+    held = {w: holders(w) for w in words if len(w) >= 5}
+    pair = next(
+        (a, b)
+        for a in held
+        for b in held
+        if a < b and 1 <= len(held[a] & held[b]) <= 3 and len(held[a] | held[b]) >= 8
+    )
+    both, either = held[pair[0]] & held[pair[1]], held[pair[0]] | held[pair[1]]
+    hits = client.get("/search", params={"q": " ".join(pair), "k": 8}).json()["hits"]
+    ids = [h["id"] for h in hits]
+    assert set(ids[: len(both)]) == both and set(ids) <= either and len(ids) == 8
+
+
+def test_keyword_scoring_is_bounded(built):
+    bounded = TestClient(
+        create_app(str(built["ds"]), str(built["idx"]), limits=Limits(max_keyword_matches=3))
+    )
+    answer = bounded.get("/search", params={"q": "figure", "k": 10}).json()
+    assert sorted(h["id"] for h in answer["hits"]) == [0, 1, 2]  # ranked: the first 3 matches
+
+
 def test_reciprocal_rank_fusion():
     fused = fuse([("keyword", [7, 3, 9]), ("semantic", [3, 8]), ("semantic", [3])], 3)
     assert [s for s, _, _ in fused] == [3, 7, 8]

@@ -33,6 +33,10 @@ PIPELINES = {
         "embeddings -> clusters (faiss), labels per sample, cluster summary, gallery",
     ),
     "sample": ("pipelines.sample", "write a generated sample corpus in the PMC Cloud layout"),
+    "serve": (
+        "pipelines.serve",
+        "a dataset and its index -> an HTTP search and streaming service (not a Beam job)",
+    ),
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"pipelines", "transforms", "tests", "conftest", "bench"}
+OWN = {"pipelines", "transforms", "server", "tests", "conftest", "bench"}
 # Loaded by a benchmark from a folder its user names, to compare against; never installed.
 COMPARED_AGAINST = {"pubmed_parser"}
 
@@ -59,7 +59,7 @@ def test_every_import_is_a_declared_dependency():
     local = {p.stem for p in (ROOT / "tests").glob("*.py")}
     providers = md.packages_distributions()
     undeclared = set()
-    for folder in ("pipelines", "transforms", "tests", "bench"):
+    for folder in ("pipelines", "transforms", "server", "tests", "bench"):
         for path in (ROOT / folder).rglob("*.py"):
             for module in _imports(path):
                 top = module.split(".")[0]

@@ -1,0 +1,84 @@
+"""Search and stream a dataset over HTTP: the FastAPI app of server.app, run by uvicorn.
+
+biomedica serve --dataset DS --index IDX [--host 127.0.0.1] [--port 8080]
+
+Not a Beam pipeline: it reads DS (a `biomedica shard` / `subset` output) and IDX (a
+`biomedica index` output of that dataset) and serves until stopped (Ctrl-C). Flags are
+checked strictly like a pipeline's (unknown flags refused with the closest one, one-line
+errors, exit 2); an index built for another dataset, or a missing file, is refused before
+the server starts.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipelines import flags
+from pipelines.runner import main_of
+from transforms.pmc.discover import s3_config
+
+MAX_PORT = 65535
+
+
+def add_flags(parser) -> None:
+    group = parser.add_argument_group("serve")
+    group.add_argument("--dataset", help="a dataset: local folder, gs:// or s3:// URI")
+    group.add_argument("--index", help="the `biomedica index` output of that dataset")
+    group.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface; the service has no login)",
+    )
+    group.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    reading = parser.add_argument_group("reading s3://")
+    reading.add_argument(
+        "--s3_endpoint_url", help="S3 endpoint for s3:// URIs (a mirror or a local server)"
+    )
+    reading.add_argument(
+        "--s3_anonymous",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="read s3:// unsigned (auto: unsigned when no AWS credentials are configured)",
+    )
+    flags.add_log_level(group)
+
+
+def parse(argv: list[str]):
+    args = flags.parse("serve", argv, add_flags, beam=False, description=__doc__.split("\n\n")[0])
+    for name in ("dataset", "index"):
+        if not getattr(args, name):
+            raise flags.UsageError(f"missing --{name}")
+    if not 1 <= args.port <= MAX_PORT:
+        raise flags.UsageError(f"--port must be between 1 and {MAX_PORT}, not {args.port}")
+    return args
+
+
+def run(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse(argv)
+    import uvicorn
+
+    from server.app import create_app
+    from server.index_files import IndexUnusable
+
+    try:
+        app = create_app(args.dataset, args.index, s3_config(args))
+    except IndexUnusable as err:
+        raise SystemExit(str(err)) from None
+    samples = app.state.index.samples
+    print(
+        f"biomedica serve: {args.dataset} ({samples} samples) at "
+        f"http://{args.host}:{args.port}/ (API docs: /docs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    # One process: the app holds the index in memory; see the README (Serve) to scale out.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level.lower())
+    return {"balanced": True}
+
+
+main = main_of(run, "serve")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,7 +201,7 @@
     }
     const id = "label-" + labelsBox.children.length;
     const box = el("input", { type: "checkbox", id: id, value: label, form: "search" });
-    box.addEventListener("change", showComposed);
+    box.addEventListener("change", () => search(true));
     labelsBox.append(
       el(
         "div",

@@ -237,21 +237,24 @@ def api_hits(url: str, **params) -> dict:
     return body
 
 
-def screenshot(driver, served, name: str) -> Path:
+def screenshot(driver, served, capsys, name: str) -> Path:
+    """A screenshot in the test's folder (and in $BIOMEDICA_SCREENSHOT_DIR where set), its
+    path printed past pytest's capture for a person to look at."""
     path = served["root"] / name
     assert driver.save_screenshot(str(path))
     keep = os.environ.get("BIOMEDICA_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(keep) / name)
-    print(f"screenshot: {path}")
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
     return path
 
 
 # ---- the page --------------------------------------------------------------------------------
 
 
-def test_the_page_searches_filters_and_shows_a_sample(served, browser):
+def test_the_page_searches_filters_and_shows_a_sample(served, browser, capsys):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
@@ -287,7 +290,7 @@ def test_the_page_searches_filters_and_shows_a_sample(served, browser):
     assert images_loaded(browser) == []
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query) == {"q": [word]}
     browser.execute_script("window.scrollTo(0, 0)")
-    screenshot(browser, served, "search_page.png")
+    screenshot(browser, served, capsys, "search_page.png")
 
     # A license group: every hit carries its badge, and the URL keeps it for a reload.
     groups = sorted({rows[k]["article_license_group"] for k in expected})
@@ -337,7 +340,10 @@ def test_the_page_searches_filters_and_shows_a_sample(served, browser):
     assert settled(browser, before, "the search again") == "done"
     first = shown(browser)[0]["key"]
     row = rows[first]
-    browser.find_element("css selector", "#grid .hit .thumb").click()
+    # By keyboard: the thumbnail is a button; Enter opens the view, Esc closes it and gives
+    # the focus back.
+    thumb = browser.find_element("css selector", "#grid .hit .thumb")
+    thumb.send_keys(Keys.ENTER)
     view = browser.find_element("id", "view")
     wait_for(lambda: view.get_attribute("open") is not None, what="the sample view")
     assert browser.find_element("id", "view-title").text == row["article_title"]
@@ -359,9 +365,10 @@ def test_the_page_searches_filters_and_shows_a_sample(served, browser):
         what="the sample's metadata",
     )
     assert metadata["key"] == first and metadata["article_accession_id"] == accession
-    screenshot(browser, served, "search_page_sample.png")
+    screenshot(browser, served, capsys, "search_page_sample.png")
     browser.find_element("tag name", "body").send_keys(Keys.ESCAPE)
     wait_for(lambda: view.get_attribute("open") is None, what="Esc to close the view")
+    assert browser.switch_to.active_element == thumb
 
     # A broken advanced filter: the API's own message, shown as the page's error.
     broken = "article_year >> 2020"
@@ -376,7 +383,7 @@ def test_the_page_searches_filters_and_shows_a_sample(served, browser):
     assert error.is_displayed()
     assert error.find_element("css selector", ".message").text == body["error"]["message"]
     assert shown(browser) == []
-    screenshot(browser, served, "search_page_error.png")
+    screenshot(browser, served, capsys, "search_page_error.png")
 
     # Nothing the page did broke in its console but the refused request itself.
     logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

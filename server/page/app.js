@@ -649,6 +649,12 @@
     search(false);
   });
 
+  // The filters stick below the top bar, whose height changes with its notices and width.
+  const topbar = document.querySelector(".topbar");
+  const measure = () => document.documentElement.style.setProperty("--topbar", topbar.offsetHeight + "px");
+  if (window.ResizeObserver) new ResizeObserver(measure).observe(topbar);
+  measure();
+
   async function start() {
     const params = new URLSearchParams(location.search);
     controlsFromState(params);

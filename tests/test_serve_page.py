@@ -398,3 +398,20 @@ def test_hostile_text_in_a_query_stays_text(served, browser):
     assert browser.find_elements("css selector", "#grid img[src='x'], #status img") == []
     assert "<img" in browser.find_element("id", "q").get_attribute("value")
     assert "<img" in browser.find_element("id", "status").text
+
+
+def test_the_page_loads_nothing_from_elsewhere_and_writes_no_markup():
+    """Without a browser: the assets reference only this server (relative URLs, a CSP that
+    allows nothing else) and the script never turns text into markup."""
+    page = REPO / "server" / "page"
+    html = (page / "index.html").read_text()
+    # The script's code, its whole-line comments (which may name what it never does) left out.
+    script = re.sub(r"(?m)^\s*//.*$", "", (page / "app.js").read_text())
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+    assert policy and "default-src 'none'" in policy.group(1)
+    assert "script-src 'self';" in policy.group(1) and "connect-src 'self'" in policy.group(1)
+    references = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert sorted(references) == ["#results", "data:,", "page/app.js", "page/style.css"]
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink
+    assert not re.search(r"https?://", script + (page / "style.css").read_text())

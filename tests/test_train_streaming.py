@@ -241,3 +241,34 @@ def test_unknown_group_and_unreadable_manifest_are_one_line(built, tmp_path):
     done = example("--dataset", str(tmp_path), "--dry_run")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"error: cannot read {tmp_path}/manifest.json")
+
+
+def _example_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_openclip_streaming", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_urls_for_gaps_and_object_stores():
+    module = _example_module()
+    shards = [(GROUP, i, 10) for i in (0, 1, 2, 5)] + [("other", 0, 3)]
+    manifest = {
+        "shards": [
+            {"group": g, "index": i, "samples": n, "path": f"webdataset/{g}/{i:06d}.tar"}
+            for g, i, n in shards
+        ]
+    }
+    data, samples, count = module.training_source(manifest, "s3://b/ds/webdataset/", [GROUP])
+    assert (samples, count) == (40, 4)
+    assert data == (
+        f"pipe:aws s3 cp s3://b/ds/webdataset/{GROUP}/{{000000..000002}}.tar -"
+        f"::pipe:aws s3 cp s3://b/ds/webdataset/{GROUP}/000005.tar -"
+    )
+    assert module.expand(data)[-1] == f"pipe:aws s3 cp s3://b/ds/webdataset/{GROUP}/000005.tar -"
+    data, samples, _ = module.training_source(manifest, "gs://b/ds/webdataset", None)
+    assert data.endswith("::gs://b/ds/webdataset/other/000000.tar") and samples == 43
+    with pytest.raises(module.SourceError, match="URL separator"):
+        module.training_source(manifest, "http://[::1]:8080/shards", None)

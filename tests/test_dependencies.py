@@ -59,7 +59,7 @@ def test_every_import_is_a_declared_dependency():
     local = {p.stem for p in (ROOT / "tests").glob("*.py")}
     providers = md.packages_distributions()
     undeclared = set()
-    for folder in ("pipelines", "transforms", "server", "tests", "bench"):
+    for folder in ("pipelines", "transforms", "server", "tests", "bench", "examples"):
         for path in (ROOT / folder).rglob("*.py"):
             for module in _imports(path):
                 top = module.split(".")[0]

@@ -331,10 +331,16 @@ class DatasetFiles:
         return found
 
     def parquet_locator(self) -> Callable[[str], tuple[str, int, int] | None]:
-        """`locate(key)` from the Parquet index, for a server without samples.sqlite."""
+        """`locate(key)` from the Parquet index, for a server without samples.sqlite.
+
+        A shard whose index cannot be read is left out (logged): its samples are not found,
+        the others are."""
         where: dict[str, tuple[str, int, int]] = {}
         for shard in self.shards:
-            table = self._parquet(shard, ["key", "tar_offset", "tar_size"])
+            try:
+                table = self._parquet(shard, ["key", "tar_offset", "tar_size"])
+            except ApiError:
+                continue
             for key, offset, size in zip(
                 *(table.column(c).to_pylist() for c in ("key", "tar_offset", "tar_size")),
                 strict=True,

@@ -38,6 +38,7 @@ GCS_PIECE = 8 << 20  # one ranged GCS request (each request costs a round trip)
 MASK_CACHE_BYTES = 256 << 20  # filter masks kept (one byte a sample each)
 MASK_CACHE_ENTRIES = 64
 PLACEMENT_CACHE_SHARDS = 256  # shards whose (tar_offset, tar_size) columns are kept
+PARQUET_WHOLE_BELOW = 4 << 20  # a remote index file this small is read in one request
 
 
 def _missing(err: Exception) -> bool:
@@ -350,10 +351,14 @@ class DatasetFiles:
 
 
 class _RangedFile(io.RawIOBase):
-    """A remote Parquet file that pyarrow seeks in: each read is one ranged request."""
+    """A remote Parquet file that pyarrow seeks in: each read is one ranged request.
+
+    A small file (most shard indexes) is fetched whole in one request instead: pyarrow reads
+    its footer, then the column chunks, and each round trip costs more than the bytes.
+    """
 
     def __init__(self, files: DatasetFiles, uri: str):
-        self.files, self.uri, self.pos = files, uri, 0
+        self.files, self.uri, self.pos, self.whole = files, uri, 0, None
         if storage.is_s3(uri):
             bucket, key = storage.split_s3(uri)
             head = storage._s3_client(files.s3).head_object(Bucket=bucket, Key=key)
@@ -362,6 +367,19 @@ class _RangedFile(io.RawIOBase):
             blob = files._gcs_blob(uri)
             blob.reload()
             self.blob, self.size = blob, int(blob.size or 0)
+        if 0 < self.size <= PARQUET_WHOLE_BELOW:
+            self.whole = self._fetch(0, self.size)
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        if storage.is_s3(self.uri):
+            bucket, key = storage.split_s3(self.uri)
+            response = storage._s3_client(self.files.s3).get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+            return response["Body"].read()
+        return self.blob.download_as_bytes(
+            start=start, end=end - 1, checksum=None, raw_download=True
+        )
 
     def readable(self) -> bool:
         return True
@@ -381,17 +399,10 @@ class _RangedFile(io.RawIOBase):
         end = min(self.size, self.pos + len(buffer))
         if end <= self.pos:
             return 0
-        if storage.is_s3(self.uri):
-            bucket, key = storage.split_s3(self.uri)
-            data = (
-                storage._s3_client(self.files.s3)
-                .get_object(Bucket=bucket, Key=key, Range=f"bytes={self.pos}-{end - 1}")["Body"]
-                .read()
-            )
+        if self.whole is not None:
+            data = self.whole[self.pos : end]
         else:
-            data = self.blob.download_as_bytes(
-                start=self.pos, end=end - 1, checksum=None, raw_download=True
-            )
+            data = self._fetch(self.pos, end)
         buffer[: len(data)] = data
         self.pos += len(data)
         return len(data)

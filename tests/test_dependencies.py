@@ -16,7 +16,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"pipelines", "transforms", "tests", "conftest", "bench"}
+OWN = {"pipelines", "transforms", "server", "tests", "conftest", "bench"}
 # Loaded by a benchmark from a folder its user names, to compare against; never installed.
 COMPARED_AGAINST = {"pubmed_parser"}
 

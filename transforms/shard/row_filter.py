@@ -259,6 +259,23 @@ def _check_types(tree, kinds: dict[str, str]) -> None:
                 _check_pair(operands[i], op, operands[i + 1], kinds)
 
 
+def where_fields(text: str) -> list[str]:
+    """The row fields a filter reads, sorted: what a reader must load to evaluate it.
+
+    Function names (`lower`, `any_of`, ...) are not fields. FilterError if it does not parse.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise FilterError(f"not a valid filter: {err.msg} in {text!r}") from None
+    called = {
+        id(node.func)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    return sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called})
+
+
 def compile_where(text: str, fields=None) -> Callable[[dict], bool]:
     """A predicate over row dicts; FilterError for syntax or fields it does not accept.
 

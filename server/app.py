@@ -97,7 +97,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + MULTIPART_SLACK)
     app.state.searcher, app.state.files, app.state.index = searcher, files, index
-    app.include_router(shards.router(files, index.locate))
+    app.include_router(shards.router(files, index.locate, limits))
 
     @app.get("/search", tags=["search"])
     def search(

@@ -34,16 +34,13 @@ POINTS_PER_LIST = 39
 MIN_NORM = 1e-6  # a vector shorter than this is "zero": it has no direction to compare
 
 
-one_thread_count = 1  # the bench may try others
-
-
 @contextlib.contextmanager
 def one_thread():
     """faiss on one OpenMP thread for the block, then as before (see the module doc)."""
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(one_thread_count)
+    faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
@@ -110,11 +107,10 @@ class Plan:
 
 
 def auto_nlist(count: int, train: int) -> int:
-    """Inverted lists for `count` vectors: the power of two nearest below 4 sqrt(count)
-    (faiss's rule of thumb), at most what `train` training points support, at least 1."""
-    want = 4 * math.sqrt(max(count, 1))
-    nlist = 1 << max(0, int(math.floor(math.log2(want))))
-    return max(1, min(nlist, max(1, train // POINTS_PER_LIST)))
+    """Inverted lists for `count` vectors: a power of two, at most 4 sqrt(count) (faiss's
+    rule of thumb) and what `train` training points support (39 a list), at least 1."""
+    want = min(4 * math.sqrt(max(count, 1)), max(1, train // POINTS_PER_LIST))
+    return 1 << max(0, int(math.floor(math.log2(want))))
 
 
 def auto_pq_m(dim: int) -> int:

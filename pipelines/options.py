@@ -308,7 +308,7 @@ class IndexOptions(PipelineOptions):
             "--pq_m",
             type=int,
             default=0,
-            help="ivfpq: PQ bytes per vector, a divisor of the dimension (0: dimension / 4)",
+            help="ivfpq: PQ bytes per vector, a divisor of the dimension (0: about dimension / 8)",
         )
         group.add_argument(
             "--refine",

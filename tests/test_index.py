@@ -60,8 +60,13 @@ def chain(tmp_path_factory) -> dict:
         "balanced"
     ]
     idx = root / "idx"
-    return {"root": root, "ds": ds, "emb": root / "emb", "idx": idx,
-            "report": run_index(ds, root / "emb", idx)}  # fmt: skip
+    return {
+        "root": root,
+        "ds": ds,
+        "emb": root / "emb",
+        "idx": idx,
+        "report": run_index(ds, root / "emb", idx),
+    }
 
 
 def dataset_keys(ds: Path) -> list[str]:
@@ -117,8 +122,17 @@ def test_sqlite_rows_follow_the_parquet_order_and_fts_finds_captions(chain):
 
 
 def test_a_second_run_is_refused_unless_overwrite_and_gives_the_same_bytes(chain, tmp_path):
-    code = index.main(["--dataset", str(chain["ds"]), "--embeddings", str(chain["emb"]),
-                       "--output", str(chain["idx"]), *QUIET])  # fmt: skip
+    code = index.main(
+        [
+            "--dataset",
+            str(chain["ds"]),
+            "--embeddings",
+            str(chain["emb"]),
+            "--output",
+            str(chain["idx"]),
+            *QUIET,
+        ]
+    )
     assert code == 1
     again = tmp_path / "again"
     assert run_index(chain["ds"], chain["emb"], again)["balanced"]
@@ -178,9 +192,15 @@ def synthetic_dataset(root: Path, keys: list[str], per_shard: int) -> Path:
         path = root / "parquet" / "commercial" / f"{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(rows), path)
-        shards.append({"group": "commercial", "index": n, "samples": len(chunk),
-                       "path": f"webdataset/commercial/{name}.tar",
-                       "parquet_path": f"parquet/commercial/{name}.parquet"})  # fmt: skip
+        shards.append(
+            {
+                "group": "commercial",
+                "index": n,
+                "samples": len(chunk),
+                "path": f"webdataset/commercial/{name}.tar",
+                "parquet_path": f"parquet/commercial/{name}.parquet",
+            }
+        )
     (root / "manifest.json").write_text(json.dumps({"shards": shards, "groups": ["commercial"]}))
     return root
 
@@ -233,7 +253,7 @@ def test_ivfpq_reaches_the_recall_it_records(synthetic, tmp_path):
     report = run_index(synthetic["ds"], synthetic["emb"], out, *IVFPQ, "--recall_queries", "300")
     assert report["balanced"] and report["stages"]["index_vectors"]["out"] == 3000
     image = json.loads((out / "manifest.json").read_text())["vectors"]["image"]
-    assert image["kind"] == "ivfpq" and image["factory"] == "IDMap2,IVF16,PQ8x8,Refine(SQ8)"
+    assert image["kind"] == "ivfpq" and image["factory"] == "IDMap2,IVF16,PQ4x8,Refine(SQ8)"
     assert image["recall_at_10"] >= 0.95 and image["recall_queries"] == 300
     assert image["train_samples"] == 3000 and image["nprobe"] in vectors.nprobe_candidates(16)
     found = load_faiss(out / "image.faiss")
@@ -338,7 +358,9 @@ def test_refused_before_work(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
     inside = ds / "idx"
-    assert index.main(["--dataset", str(ds), "--embeddings", str(emb), "--output", str(inside)]) == 2
+    assert (
+        index.main(["--dataset", str(ds), "--embeddings", str(emb), "--output", str(inside)]) == 2
+    )
     assert "lies inside --dataset" in capsys.readouterr().err and not inside.exists()
 
 
@@ -348,9 +370,9 @@ def test_refused_before_work(tmp_path, capsys):
 def test_plan_chooses_by_size():
     assert vectors.plan(99_999, 512).kind == "flat"
     big = vectors.plan(100_000, 512)
-    assert big.kind == "ivfpq" and big.factory == "IDMap2,IVF1024,PQ128x8,Refine(SQ8)"
+    assert big.kind == "ivfpq" and big.factory == "IDMap2,IVF1024,PQ64x8,Refine(SQ8)"
     assert vectors.plan(24_000_000, 512).nlist == 4096  # at most --train_sample / 39
-    assert vectors.auto_pq_m(188) == 47
+    assert [vectors.auto_pq_m(d) for d in (512, 384, 188, 32)] == [64, 48, 47, 4]
     with pytest.raises(ValueError, match="does not divide"):
         vectors.plan(10, 188, "ivfpq", pq_m=5)
 
@@ -383,11 +405,19 @@ def test_merge_top_breaks_ties_by_id_whatever_the_order():
 
 def test_sqlite_build_is_byte_for_byte_repeatable(tmp_path):
     rows = [
-        keyword.row_values(i, {"key": f"K{i}", "shard": "commercial/000000.tar",
-                               "caption": f"caption {i} heart", "image_context": ["a", "b"]},
-                           True, False)
+        keyword.row_values(
+            i,
+            {
+                "key": f"K{i}",
+                "shard": "commercial/000000.tar",
+                "caption": f"caption {i} heart",
+                "image_context": ["a", "b"],
+            },
+            True,
+            False,
+        )
         for i in range(50)
-    ]  # fmt: skip
+    ]
     for name in ("a.sqlite", "b.sqlite"):
         assert keyword.build(str(tmp_path / name), rows) == 50
     assert (tmp_path / "a.sqlite").read_bytes() == (tmp_path / "b.sqlite").read_bytes()

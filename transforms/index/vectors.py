@@ -114,12 +114,14 @@ def auto_nlist(count: int, train: int) -> int:
 
 
 def auto_pq_m(dim: int) -> int:
-    """PQ sub-quantizers: the largest divisor of `dim` giving sub-vectors of at least 4
-    numbers (512 -> 128 bytes a vector, 188 -> 47)."""
-    for m in range(max(1, dim // 4), 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
+    """PQ bytes per vector: the largest divisor of `dim` giving sub-vectors of at least 8
+    numbers, or, where that is under dim / 16, the smallest divisor of at least dim / 8
+    (512 -> 64, 384 -> 48, 188 -> 47). The refine codes, not these, rank the hits."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    below = [m for m in divisors if m * 8 <= dim]
+    if below and below[-1] * 16 >= dim:
+        return below[-1]
+    return next(m for m in divisors if m * 8 >= dim)
 
 
 def plan(

@@ -245,7 +245,7 @@ def synthetic(tmp_path_factory) -> dict:
     return {"root": root, "ds": ds, "emb": emb, "keys": keys, "x": x}
 
 
-IVFPQ = ["--index_type", "ivfpq", "--nlist", "16", "--partition_size", "500"]
+IVFPQ = ["--index_type", "ivfpq", "--nlist", "16", "--pq_m", "8", "--partition_size", "500"]
 
 
 def test_ivfpq_reaches_the_recall_it_records(synthetic, tmp_path):
@@ -253,7 +253,7 @@ def test_ivfpq_reaches_the_recall_it_records(synthetic, tmp_path):
     report = run_index(synthetic["ds"], synthetic["emb"], out, *IVFPQ, "--recall_queries", "300")
     assert report["balanced"] and report["stages"]["index_vectors"]["out"] == 3000
     image = json.loads((out / "manifest.json").read_text())["vectors"]["image"]
-    assert image["kind"] == "ivfpq" and image["factory"] == "IDMap2,IVF16,PQ4x8,Refine(SQ8)"
+    assert image["kind"] == "ivfpq" and image["factory"] == "IDMap2,IVF16,PQ8x8,Refine(SQ8)"
     assert image["recall_at_10"] >= 0.95 and image["recall_queries"] == 300
     assert image["train_samples"] == 3000 and image["nprobe"] in vectors.nprobe_candidates(16)
     found = load_faiss(out / "image.faiss")

@@ -32,6 +32,10 @@ PIPELINES = {
         "pipelines.annotate",
         "embeddings -> clusters (faiss), labels per sample, cluster summary, gallery",
     ),
+    "index": (
+        "pipelines.index",
+        "dataset + embeddings -> faiss vector indexes and an SQLite FTS5 keyword index",
+    ),
     "sample": ("pipelines.sample", "write a generated sample corpus in the PMC Cloud layout"),
     "serve": (
         "pipelines.serve",

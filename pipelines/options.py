@@ -260,6 +260,89 @@ class RunAllOptions(PipelineOptions):
         )
 
 
+class DatasetInputOptions(PipelineOptions):
+    """index reads a dataset (the output of shard or subset)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument_group("dataset").add_argument(
+            "--dataset", help="a dataset: the --output of `biomedica shard` or `subset`"
+        )
+
+
+class IndexOptions(PipelineOptions):
+    """index: the vector indexes (faiss) and how good they must be."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        from transforms.index.vectors import KINDS, REFINES
+
+        group = parser.add_argument_group("index")
+        group.add_argument(
+            "--index_type",
+            default="auto",
+            choices=KINDS,
+            help="flat: exact inner product; ivfpq: IVF-PQ trained on a sample, filled in "
+            "parallel; auto: flat below --exact_below vectors, ivfpq above",
+        )
+        group.add_argument(
+            "--exact_below",
+            type=int,
+            default=100_000,
+            help="auto: fewer usable vectors than this get an exact (flat) index",
+        )
+        group.add_argument(
+            "--train_sample",
+            type=int,
+            default=200_000,
+            help="ivfpq: vectors k-means trains on (those of smallest key hash)",
+        )
+        group.add_argument(
+            "--nlist",
+            type=int,
+            default=0,
+            help="ivfpq: inverted lists (0: about 4 sqrt(vectors), a power of two, at most "
+            "--train_sample / 39)",
+        )
+        group.add_argument(
+            "--pq_m",
+            type=int,
+            default=0,
+            help="ivfpq: PQ bytes per vector, a divisor of the dimension (0: about dimension / 8)",
+        )
+        group.add_argument(
+            "--refine",
+            default="sq8",
+            choices=REFINES,
+            help="ivfpq: codes kept to re-rank the PQ candidates (sq8: a byte per number)",
+        )
+        group.add_argument(
+            "--k_factor",
+            type=int,
+            default=4,
+            help="ivfpq with --refine: candidates re-ranked per hit asked for",
+        )
+        group.add_argument(
+            "--recall_queries",
+            type=int,
+            default=1000,
+            help="dataset vectors (those of smallest key hash) whose exact top-10 measures "
+            "the index's recall@10",
+        )
+        group.add_argument(
+            "--recall_target",
+            type=float,
+            default=0.95,
+            help="ivfpq: the smallest nprobe reaching this recall@10 is chosen and recorded",
+        )
+        group.add_argument(
+            "--partition_size",
+            type=int,
+            default=50_000,
+            help="consecutive sample ids encoded together by one worker",
+        )
+
+
 # Numeric flags where a negative value means something (-1: exact duplicates only).
 SIGNED = frozenset({"--near_duplicate_threshold"})
 
@@ -270,6 +353,7 @@ OPTIONS_OF = {
     "embed": (InputOptions, EmbedOptions, RunOptions, AllowEmpty, MaxPixels),
     "annotate": (InputOptions, EmbeddingsInputOptions, AnnotateOptions, RunOptions, AllowEmpty),
     "enrich": (InputOptions, EnrichOptions, RunOptions, AllowEmpty),
+    "index": (DatasetInputOptions, EmbeddingsInputOptions, IndexOptions, RunOptions, AllowEmpty),
     # Every stage's flags but those run sets itself (InputOptions, ShardInputOptions); the
     # extract's --allow_empty and --max_pixels are the same flags the others take.
     "run": (

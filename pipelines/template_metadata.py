@@ -22,7 +22,7 @@ from pipelines.options import OPTIONS_OF, SIGNED
 
 # Flags a run refuses to start without (tests/test_dataflow_deploy.py proves it for each
 # pipeline that has them).
-REQUIRED = frozenset({"source", "input", "output", "embeddings", "where"})
+REQUIRED = frozenset({"source", "input", "output", "embeddings", "where", "dataset"})
 PIPELINE_PARAMETER = "pipeline"
 REPEAT_NOTE = "Several: separate them with commas."
 

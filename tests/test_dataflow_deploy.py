@@ -448,6 +448,7 @@ STEPS = {
     "annotate": {"ReadEmbeddings", "RunReport"},
     "shard": {"RunReport"},
     "subset": {"RunReport"},
+    "index": {"ReadSampleIds", "ReadEmbeddings", "Encode", "BuildSqlite", "RunReport"},
 }
 
 
@@ -480,6 +481,7 @@ def template_parameters(pipeline: str, inputs: dict[str, Path]) -> list[str]:
         "source": inputs["corpus"],
         "input": inputs["dataset"] if pipeline == "subset" else inputs["ext"],
         "embeddings": inputs["emb"],
+        "dataset": inputs["dataset"],
         "where": "article_license_group == 'commercial'",
         "output": inputs["root"] / f"df-{pipeline}",
     }

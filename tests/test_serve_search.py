@@ -2,9 +2,8 @@
 `where` filters, the request bounds, facets, the page routes, and the command itself.
 
 The dataset: a generated corpus -> extract -> embed (pixels) -> annotate -> shard
---annotations. Its index is written by tests/index_fixture.py (temporary, until `biomedica
-index` is merged). A second index holds a tiny random OpenCLIP model's vectors (image and
-caption), for semantic search.
+--annotations, indexed by `biomedica index`. A second index holds a tiny random OpenCLIP
+model's vectors (image and caption), for semantic search.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import free_port, run_extract
 from fastapi.testclient import TestClient
-from index_fixture import build_index
 from PIL import Image
 
 from pipelines import annotate, cli, embed, shard
+from pipelines import index as index_pipeline
 from server.app import create_app
 from server.limits import MULTIPART_SLACK, Limits
 from server.search import RRF_K, fuse, match_expression
@@ -99,6 +98,14 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(built):
     return TestClient(create_app(str(built["ds"]), str(built["idx"])))
+
+
+def build_index(ds: Path, emb: Path, idx: Path) -> None:
+    """The index of a dataset, by `biomedica index` (in-process)."""
+    index_pipeline.run(
+        ["--dataset", str(ds), "--embeddings", str(emb), "--output", str(idx)]
+        + ["--log_level", "ERROR"]
+    )
 
 
 def _register_tiny_clip(folder: Path) -> str:

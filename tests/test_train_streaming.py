@@ -6,8 +6,7 @@ for a few dozen steps. The evidence is the trainer's own output (its out.log `Lo
 params.txt, the checkpoint) and the server's access log (every shard of the group fetched).
 
 The server is `biomedica serve` (shards at /shards/<group>/<n>.tar, dataset manifest at
-/api/manifest) where pipelines/serve.py exists; otherwise Python's http.server over the
-dataset's webdataset/ folder (shards at /<group>/<n>.tar).
+/api/manifest), over the dataset and its index (pixels embeddings).
 """
 
 from __future__ import annotations
@@ -31,14 +30,13 @@ from transforms.pmc.sample_corpus import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "train_openclip_streaming.py"
-REAL_SERVER = (REPO / "pipelines" / "serve.py").exists()
 GROUP = "commercial"
 PER_SHARD = 16
 BATCH = 16
 EPOCHS = 7  # 6 full batches an epoch here: 42 steps
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-# http.server: "GET /commercial/000001.tar HTTP/1.1" 200; uvicorn: "GET /shards/... HTTP/1.1" 200
-SHARD_GET = re.compile(r'"GET (?:/shards)?/(\w+)/(\d{6})\.tar HTTP/1\.[01]" 200')
+# uvicorn's access log: "GET /shards/commercial/000001.tar HTTP/1.1" 200
+SHARD_GET = re.compile(r'"GET /shards/(\w+)/(\d{6})\.tar HTTP/1\.[01]" 200')
 LOSS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) .* Loss: ([0-9.]+) \(")
 
 
@@ -79,22 +77,17 @@ def serving(built: dict):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / f"server-{port}.log"
-    if REAL_SERVER:
-        embeddings, index = root / "embed", root / "index"
-        if not index.exists():
-            embed = ["--input", str(built["extract"]), "--output", str(embeddings)]
-            _python("-m", "pipelines.embed", *embed)
-            _python(
-                "-m", "pipelines.index", "--dataset", str(dataset),
-                "--embeddings", str(embeddings), "--output", str(index),
-            )  # fmt: skip
-        command = ["-m", "pipelines.serve", "--dataset", str(dataset), "--index", str(index)]
-        command += ["--port", str(port), "--log_level", "INFO"]
-        base, flags = f"{url}/shards", ["--server", url]
-    else:
-        command = ["-m", "http.server", str(port), "--bind", "127.0.0.1"]
-        command += ["--directory", str(dataset / "webdataset")]
-        base, flags = url, ["--dataset", str(dataset), "--shards_base", url]
+    embeddings, index = root / "embed", root / "index"
+    if not index.exists():
+        embed = ["--input", str(built["extract"]), "--output", str(embeddings)]
+        _python("-m", "pipelines.embed", *embed)
+        _python(
+            "-m", "pipelines.index", "--dataset", str(dataset),
+            "--embeddings", str(embeddings), "--output", str(index),
+        )  # fmt: skip
+    command = ["-m", "pipelines.serve", "--dataset", str(dataset), "--index", str(index)]
+    command += ["--port", str(port), "--log_level", "INFO"]
+    base, flags = f"{url}/shards", ["--server", url]
     probe = f"{base}/{GROUP}/000000.tar"
     with open(log, "w") as sink:
         process = subprocess.Popen(

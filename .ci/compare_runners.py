@@ -3,16 +3,18 @@
     python .ci/compare_runners.py [--articles 20] [--workdir out/ci-runners]
 
 Runs `biomedica run` (extract, enrich with the corpus's PubMed files, embed, annotate,
-shard) on the in-process runner, on Beam's portable runner (an in-process job service,
-LOOPBACK workers: the portability layer Dataflow Runner v2 and Flink use) and on a Dask
-cluster (a scheduler and two worker processes on 127.0.0.1), then checks that every run
-balanced and that the datasets are the same: the manifests' shard checksums, and each
-stage's report counts. Exit status 0 only then; one line per difference otherwise.
+shard, index) on the in-process runner, on Beam's portable runner (an in-process job
+service, LOOPBACK workers: the portability layer Dataflow Runner v2 and Flink use) and on a
+Dask cluster (a scheduler and two worker processes on 127.0.0.1), then checks that every
+run balanced and that the datasets are the same: the manifests' shard checksums, the index
+files' bytes, and each stage's report counts. Exit status 0 only then; one line per
+difference otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -71,13 +73,25 @@ def main() -> int:
         }
         manifest = json.loads((work / engine / "dataset" / "manifest.json").read_text())
         shards = [(s["path"], s["sha256"], s["parquet_sha256"]) for s in manifest["shards"]]
-        results[engine] = {"balanced": report["balanced"], "stages": stages, "shards": shards}
+        index = {
+            f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted((work / engine / "index").glob("*.*"))
+            if f.suffix in (".faiss", ".sqlite")
+        }
+        results[engine] = {
+            "balanced": report["balanced"],
+            "stages": stages,
+            "shards": shards,
+            "index": index,
+        }
         print(f"{engine}: {took:.1f} s, {len(shards)} shards, balanced {report['balanced']}")
     problems = [f"{e}: a report does not balance" for e, r in results.items() if not r["balanced"]]
     first, *others = ENGINES
     for engine in others:
         if results[engine]["shards"] != results[first]["shards"]:
             problems.append(f"{engine}: its shards differ from {first}'s")
+        if results[engine]["index"] != results[first]["index"] or not results[first]["index"]:
+            problems.append(f"{engine}: its index files differ from {first}'s (or none)")
         for stage, counts in results[first]["stages"].items():
             if results[engine]["stages"].get(stage) != counts:
                 problems.append(f"{engine}: {stage}'s report counts differ from {first}'s")

@@ -12,7 +12,7 @@ import sys
 PIPELINES = {
     "run": (
         "pipelines.run",
-        "the whole pipeline: extract, enrich, embed, annotate, shard, each under --output",
+        "the whole pipeline: extract, enrich, embed, annotate, shard, index, each under --output",
     ),
     "extract": (
         "pipelines.extract",

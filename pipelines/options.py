@@ -248,7 +248,7 @@ class RunAllOptions(PipelineOptions):
         group = parser.add_argument_group("run")
         group.add_argument(
             "--stages",
-            default="extract,enrich,embed,annotate,shard",
+            default="extract,enrich,embed,annotate,shard,index",
             help="the stages to run, in order (enrich runs only with --medline or --eutils)",
         )
         group.add_argument(
@@ -362,6 +362,7 @@ OPTIONS_OF = {
         EmbedOptions,
         AnnotateOptions,
         ShardOptions,
+        IndexOptions,
         RunOptions,
         RunAllOptions,
     ),

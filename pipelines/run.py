@@ -1,18 +1,18 @@
 """`biomedica run`: the whole pipeline in one command: extract (discover, extract, dedupe),
-enrich (with --medline or --eutils), embed, annotate and shard.
+enrich (with --medline or --eutils), embed, annotate, shard and index.
 
     biomedica run --source data/sample --output out/run [--medline 'pubmed/*.xml.gz']
 
 Every stage writes its usual output under --output (extract/, enrich/, embed/, annotate/,
-dataset/), so any stage can be run again alone with its own command on those folders;
+dataset/, index/), so any stage can be run again alone with its own command on those folders;
 run_report.json gathers the stages' reports. The flags are the stage commands' flags, each
 handed to the stages that define it; Beam's flags (--runner, ...) go to every stage.
 
 Each stage is its own Beam job on the runner the flags name, awaited before the next starts
 (on Dataflow too): each ends at a barrier the next needs whole (the PMID join, k-means over
-every embedding, the shard plan over every sample), and a stage's files at that barrier are
-what let it be re-run alone. On Dataflow it also lets embed run on GPU workers while the
-other stages run on CPU ones.
+every embedding, the shard plan over every sample, the ids of every shard), and a stage's
+files at that barrier are what let it be re-run alone. On Dataflow it also lets embed run
+on GPU workers while the other stages run on CPU ones.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ STAGES = (
     ("embed", "embed", "pipelines.embed"),
     ("annotate", "annotate", "pipelines.annotate"),
     ("shard", "dataset", "pipelines.shard"),
+    ("index", "index", "pipelines.index"),
 )
 FOLDERS = {stage: folder for stage, folder, _ in STAGES}
 MODULES = {stage: module for stage, _, module in STAGES}
 # Flags run sets for each stage itself: where a stage reads and writes.
-WIRED = frozenset({"--output", "--input", "--embeddings", "--annotations", "--source"})
+WIRED = frozenset({"--output", "--input", "--embeddings", "--annotations", "--source", "--dataset"})
 # An incremental run's list of the earlier samples its new versions replace.
 REPLACES = "replaces.parquet"
 # The flags that say where PubMed records come from: enrich runs when one is given.
@@ -100,7 +101,7 @@ def stage_argv(stage: str, given: list[tuple[str, list[str]]]) -> list[str]:
 def plan(argv: list[str]):
     """Check the flags (strictly, before any work); (output, [(stage, its argv)], the parsed
     flags)."""
-    for flag in ("--embeddings", "--annotations", "--input"):
+    for flag in ("--embeddings", "--annotations", "--input", "--dataset"):
         if any(t == flag or t.startswith(flag + "=") for t in argv):
             raise UsageError(f"{flag} is set by run itself (the stage before, under --output)")
     given = options_of.parse("run", argv, __doc__)
@@ -151,6 +152,14 @@ def plan(argv: list[str]):
                 if "annotate" in wanted
                 else []
             ),
+        ],
+        "index": [
+            "--dataset",
+            storage.join(output, FOLDERS["shard"]),
+            "--embeddings",
+            storage.join(output, FOLDERS["embed"]),
+            "--output",
+            storage.join(output, FOLDERS["index"]),
         ],
     }
     steps = [(stage, [*wiring[stage], *stage_argv(stage, split)]) for stage in wanted]
@@ -296,6 +305,8 @@ def _where(gathered: dict, output: str) -> None:
         dataset = stages["shard"]["output"]
         gathered["dataset"] = storage.join(dataset, "webdataset")
         gathered["card"] = storage.join(dataset, "README.md")
+    if "index" in stages:
+        gathered["index"] = stages["index"]["output"]
     if "annotate" in stages:
         gathered["gallery"] = storage.join(stages["annotate"]["output"], "gallery", "index.html")
 

@@ -35,7 +35,7 @@ def whole(corpus, tmp_path_factory):
 def test_every_stage_runs_and_writes_under_the_output(whole):
     out, report = whole
     assert report["balanced"] and "error" not in report
-    assert list(report["stages"]) == ["extract", "enrich", "embed", "annotate", "shard"]
+    assert list(report["stages"]) == ["extract", "enrich", "embed", "annotate", "shard", "index"]
     for stage, folder in run_all.FOLDERS.items():
         own = json.loads((out / folder / "run_report.json").read_text())
         assert own["balanced"] and own["pipeline"] == stage
@@ -43,6 +43,11 @@ def test_every_stage_runs_and_writes_under_the_output(whole):
     assert json.loads((out / "run_report.json").read_text()) == report
     assert report["dataset"] == str(out / "dataset" / "webdataset")
     assert Path(report["card"]).is_file() and Path(report["gallery"]).is_file()
+    assert report["index"] == str(out / "index")
+    index = json.loads((out / "index" / "manifest.json").read_text())
+    assert index["dataset"] == str(out / "dataset") and index["embeddings"] == str(out / "embed")
+    dataset = json.loads((out / "dataset" / "manifest.json").read_text())
+    assert index["samples"] == dataset["totals"]["samples"] > 0
     # Stages were wired to each other: enrich read extract, embed/annotate/shard read enrich.
     enrich = json.loads((out / "enrich" / "run_report.json").read_text())
     assert enrich["input"] == str(out / "extract")
@@ -92,7 +97,7 @@ def test_flags_go_to_the_stages_that_define_them(corpus, tmp_path):
     argv += ["--samples_per_shard=50", "--batch_size", "4", "--overwrite"]
     _, steps, _ = run_all.plan(argv)
     got = dict(steps)
-    assert list(got) == ["extract", "enrich", "embed", "annotate", "shard"]
+    assert list(got) == ["extract", "enrich", "embed", "annotate", "shard", "index"]
 
     def has(stage, *tokens):
         text = " ".join(got[stage])
@@ -104,6 +109,8 @@ def test_flags_go_to_the_stages_that_define_them(corpus, tmp_path):
     assert has("embed", "--batch_size 4", "--max_pixels 1000000", f"--input {out}/enrich")
     assert has("annotate", "--clusters 8", f"--embeddings {out}/embed")
     assert has("shard", "--samples_per_shard=50", f"--annotations {out}/annotate")
+    assert has("index", f"--dataset {out}/dataset", f"--embeddings {out}/embed")
+    assert not has("index", "--clusters") and not has("shard", "--recall_target")
     for stage in got:  # Beam's flags and the shared ones: every stage
         assert has(stage, "--direct_num_workers 2", "--overwrite"), stage
         assert "--stages" not in got[stage]

@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The main job on the embedded default: a generated sample corpus in the PMC Cloud layout,
 # extracted, enriched with the corpus's own PubMed records (MeSH terms, publication types),
 # embedded (pixels: no weights), clustered and labelled, then sharded into a dataset that
-# carries the labels, all through `biomedica run` (each stage's output under out/demo; the
-# stages after enrich read its output as an extract output, its figures linked, not copied).
+# carries the labels and indexed for search, all through `biomedica run` (each stage's output
+# under out/demo; the stages after enrich read its output as an extract output, its figures
+# linked, not copied).
 demo: $(VENV)/.installed
 	rm -rf data/sample
 	$(PY) -m pipelines.sample --output data/sample --articles $(SAMPLE_ARTICLES)
@@ -29,6 +30,12 @@ demo: $(VENV)/.installed
 	@echo "dataset:  out/demo/dataset/webdataset (shards), out/demo/dataset/parquet (index)"
 	@echo "card:     out/demo/dataset/README.md"
 	@echo "gallery:  out/demo/annotate/gallery/index.html (open it in a browser to label clusters)"
+	@echo "index:    out/demo/index (faiss + keyword index); \`make serve\` searches and streams it"
+
+# Search and stream the demo dataset: http://127.0.0.1:8080/ (the page), /docs (the API).
+.PHONY: serve
+serve: $(VENV)/.installed
+	$(PY) -m pipelines.serve --dataset out/demo/dataset --index out/demo/index --port 8080
 
 # `biomedica run` on the sample corpus on the in-process, portable (LOOPBACK) and Dask
 # runners: the same dataset, or a failure naming the difference (.ci/run calls it).

@@ -101,17 +101,42 @@ def vector_search(
     selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)) if bits is not None else None
     nprobe = vectors.nprobe or (vectors.ivf.nprobe if vectors.ivf is not None else None)
     while True:
-        if vectors.ivf is not None:
-            params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-            if selector is not None:
-                params.sel = selector
-        else:
-            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        params, _held = search_parameters(vectors.index, nprobe, selector)
         distances, ids = vectors.index.search(query, k, params=params)
         found = [(int(i), float(d)) for i, d in zip(ids[0], distances[0], strict=True) if i >= 0]
         if len(found) >= k or vectors.ivf is None or nprobe >= vectors.ivf.nlist:
             return found
         nprobe = min(vectors.ivf.nlist, nprobe * 4)
+
+
+def search_parameters(index, nprobe: int | None, selector) -> tuple[object, tuple]:
+    """faiss SearchParameters for the index shapes `biomedica index` writes (IDMap2 over Flat,
+    over IVF-PQ, or over Refine(IVF-PQ)), and the objects they point to, which the caller
+    keeps alive for the search (SWIG holds raw pointers).
+
+    IDMap2 translates a selector of sample ids into its own positions only at the top level;
+    IndexRefine insists on its own parameter type and hands the IVF part only its
+    `base_index_params`, so there the selector is translated by hand, and the index's own
+    k_factor is passed on (the parameters' default, 1, would switch re-ranking off)."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexRefine):
+        base = faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
+        translated = None
+        if selector is not None:
+            translated = faiss.IDSelectorTranslated(index.id_map, selector)
+            base.sel = translated
+        params = faiss.IndexRefineSearchParameters(
+            k_factor=float(inner.k_factor), base_index_params=base
+        )
+        return params, (base, translated)
+    if nprobe is not None:
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        if selector is not None:
+            params.sel = selector
+        return params, ()
+    return (faiss.SearchParameters(sel=selector) if selector is not None else None), ()
 
 
 def _labels(text) -> list[str]:

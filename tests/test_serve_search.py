@@ -24,6 +24,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -672,3 +673,48 @@ def test_an_index_missing_a_file_is_refused(built, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     code, err = _main(["serve", "--dataset", str(built["ds"]), "--index", str(tmp_path)], capsys)
     assert code == 1 and "is not an index" in err
+
+
+@pytest.mark.parametrize("refine", ["sq8", "none", "flat-index"])
+def test_vector_search_with_a_filter_on_every_index_shape_index_writes(refine):
+    """Flat, IVF-PQ and IVF-PQ with re-ranking (what `biomedica index` writes above
+    --exact_below): a where mask keeps only admitted ids, and with no mask an id's own
+    vector is its nearest. Sample ids are not positions: every third id has no vector."""
+    import faiss
+
+    from server.index_files import Vectors
+    from server.search import vector_search
+    from transforms.index import vectors as index_vectors
+
+    rng = np.random.default_rng(0)
+    dim, count = 16, 3000
+    data = rng.normal(size=(count, dim)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.array([i for i in range(count * 3 // 2) if i % 3 != 2][:count], dtype=np.int64)
+    if refine == "flat-index":
+        p = index_vectors.plan(count, dim, "flat")
+    else:
+        p = index_vectors.plan(count, dim, "ivfpq", nlist=8, pq_m=4, refine=refine)
+    index = index_vectors.load(index_vectors.train(p, data))
+    index_vectors.append(index, index_vectors.encode(index, data), ids)
+    index_vectors.finish(index)
+    index_vectors.set_nprobe(index, 8 if p.kind == "ivfpq" else None)
+    index = faiss.deserialize_index(faiss.serialize_index(index))  # as serve reads it
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    info = {"nprobe": 8} if ivf is not None else {}
+    vectors = Vectors("image", index, info, ivf)
+    for i in range(0, count, 97):
+        # PQ codes alone (refine none) are approximate: the own vector is among the nearest.
+        near = [h for h, _ in vector_search(vectors, data[i], 10 if refine == "none" else 1, None)]
+        assert int(ids[i]) in near, (i, near)
+    mask = np.zeros(int(ids.max()) + 1, dtype=bool)
+    admitted = ids[::7]
+    mask[admitted] = True
+    for i in range(0, count, 301):
+        hits = vector_search(vectors, data[i], 10, mask)
+        assert len(hits) == 10 and all(mask[h] for h, _ in hits), hits
+    near = [h for h, _ in vector_search(vectors, data[7], 10, mask)]
+    assert int(ids[7]) in near

@@ -117,9 +117,13 @@ def start_server(dataset: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("the server did not start")
 
 
-def read_webdataset(urls: list[str]) -> tuple[int, int]:
+def read_webdataset(urls: list[str], opener: str = "curl") -> tuple[int, int]:
+    """Samples and their bytes, as a trainer gets them; http through `opener` (curl, python)."""
     import webdataset
 
+    from transforms.shard.http_stream import use_http_stream
+
+    use_http_stream(opener == "python")
     samples = size = 0
     for sample in webdataset.WebDataset(urls, shardshuffle=False):
         samples += 1
@@ -197,7 +201,8 @@ def main(argv=None) -> dict:
         routes = [f"/shards/{n}" for n in names]
         ways = {
             "webdataset_disk": lambda: read_webdataset(local),
-            "webdataset_server": lambda: read_webdataset(urls),
+            "webdataset_server": lambda: read_webdataset(urls, "python"),
+            "webdataset_server_curl": lambda: read_webdataset(urls, "curl"),
             # The same files through webdataset's pipe reader (what curl feeds): its own cost.
             "webdataset_pipe_disk": lambda: read_webdataset([f"pipe:cat {p}" for p in local]),
             "bytes_disk": lambda: read_files(local),

@@ -211,3 +211,20 @@ def test_retries_run_out_when_the_server_is_gone():
     url = f"http://127.0.0.1:{free_port()}/x.tar"  # nothing listens there
     with pytest.raises(HttpStreamError, match="gave up at byte 0 after 2 retries"):
         HttpStream(url, retries=2, backoff_s=0.01)
+
+
+def test_a_forked_worker_does_not_inherit_kept_alive_connections(built):  # noqa: F811
+    import multiprocessing
+
+    with flaky(built) as server:
+        with open_http(f"{server.url}/{GROUP}/000000.tar") as stream:
+            stream.read()
+        assert sum(len(c) for c in http_stream._idle.values()) == 1  # kept for the next shard
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            assert pool.apply(idle_connections) == 0
+        assert sum(len(c) for c in http_stream._idle.values()) == 1
+
+
+def idle_connections() -> int:
+    return sum(len(c) for c in http_stream._idle.values())

@@ -29,6 +29,7 @@ import http.client
 import importlib
 import io
 import logging
+import os
 import re
 import threading
 import time
@@ -60,6 +61,16 @@ class HttpStreamError(OSError):
 
 _idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
 _idle_lock = threading.Lock()
+
+
+def _forget_idle_after_fork() -> None:
+    """A forked child (a DataLoader worker) must not share its parent's sockets: two readers
+    on one connection would interleave responses. Its copies are dropped, not closed."""
+    global _idle, _idle_lock
+    _idle, _idle_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_idle_after_fork)
 
 
 def _origin(url: str) -> tuple[str, str, int, str]:

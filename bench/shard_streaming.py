@@ -8,13 +8,20 @@ decoded) and a manifest, a few hundred MB in all. A real uvicorn serving the str
 router runs in a child process on 127.0.0.1; this process reads the same shards both ways,
 in the same run, alternated, best of --runs:
 
-- webdataset: `webdataset.WebDataset(urls)` iterated sample by sample, over the server's
-  http URLs (webdataset fetches with curl) and over the local paths;
+- webdataset (what a trainer consumes, and the issue's figure): `webdataset.WebDataset(urls)`
+  iterated sample by sample over the local paths (`webdataset_disk`) and over the server's
+  http URLs, read by transforms/shard/http_stream.py (`webdataset_server`, what the README
+  and examples/train_openclip_streaming.py use) and by webdataset's own `curl` pipe
+  (`webdataset_server_curl`, the fallback);
 - webdataset_pipe_disk: the local files through webdataset's pipe reader (`pipe:cat F`),
-  the path curl's bytes take: what the reader itself pays for a stream, server or not;
+  the path curl's bytes take: what that reader costs with no server at all;
 - raw bytes: each shard read whole in 1 MiB reads, by HTTP GET and from the file, warm (the
   files in the page cache, for both: the server reads them too) and cold (evicted with
   posix_fadvise before each read, either way: both read the disk).
+
+Each run also records CPU seconds per GB moved: this process and its children (the reader,
+curl) and the server process (from /proc), which do not depend on what else the machine
+runs, as throughput on a shared machine does; and the load average before and after.
 
 Run by hand; never part of the test suite.
 """
@@ -26,6 +33,8 @@ import hashlib
 import http.client
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,9 +126,13 @@ def start_server(dataset: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("the server did not start")
 
 
-def read_webdataset(urls: list[str]) -> tuple[int, int]:
+def read_webdataset(urls: list[str], opener: str = "curl") -> tuple[int, int]:
+    """Samples and their bytes, as a trainer gets them; http through `opener` (curl, python)."""
     import webdataset
 
+    from transforms.shard.http_stream import use_http_stream
+
+    use_http_stream(opener == "python")
     samples = size = 0
     for sample in webdataset.WebDataset(urls, shardshuffle=False):
         samples += 1
@@ -167,11 +180,30 @@ def cold(paths: list[str], read):
     return run
 
 
-def timed(read) -> dict:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process and its waited-for children, or of `pid`."""
+    if pid is None:
+        own, children = (
+            resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def timed(read, server_pid: int) -> dict:
+    reader_cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
     started = time.perf_counter()
     items, size = read()
     seconds = time.perf_counter() - started
-    return {"s": round(seconds, 3), "items": items, "mb_per_s": round(size / seconds / 1e6, 1)}
+    gb = size / 1e9
+    return {
+        "s": round(seconds, 3),
+        "items": items,
+        "mb_per_s": round(size / seconds / 1e6, 1),
+        "reader_cpu_s_per_gb": round((cpu_seconds() - reader_cpu) / gb, 2),
+        "server_cpu_s_per_gb": round((cpu_seconds(server_pid) - server_cpu) / gb, 2),
+    }
 
 
 def main(argv=None) -> dict:
@@ -197,7 +229,8 @@ def main(argv=None) -> dict:
         routes = [f"/shards/{n}" for n in names]
         ways = {
             "webdataset_disk": lambda: read_webdataset(local),
-            "webdataset_server": lambda: read_webdataset(urls),
+            "webdataset_server": lambda: read_webdataset(urls, "python"),
+            "webdataset_server_curl": lambda: read_webdataset(urls, "curl"),
             # The same files through webdataset's pipe reader (what curl feeds): its own cost.
             "webdataset_pipe_disk": lambda: read_webdataset([f"pipe:cat {p}" for p in local]),
             "bytes_disk": lambda: read_files(local),
@@ -206,10 +239,12 @@ def main(argv=None) -> dict:
             "bytes_server_cold": cold(local, lambda: read_http(port, routes)),
         }
         read_files(local)  # into the page cache, for both
+        load_before = os.getloadavg()
         runs: dict[str, list[dict]] = {name: [] for name in ways}
         for _ in range(args.runs):
             for name, read in ways.items():  # alternated: disk, server, disk, server
-                runs[name].append(timed(read))
+                runs[name].append(timed(read, server.pid))
+        load_after = os.getloadavg()
     finally:
         server.terminate()
         server.wait(10)
@@ -221,12 +256,26 @@ def main(argv=None) -> dict:
             "mb": round(sum(e["bytes"] for e in manifest["shards"]) / 1e6, 1),
         },
         "runs": args.runs,
+        "cores": os.cpu_count(),
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
         "best": best,
         "mb_per_s_of_runs": {n: [x["mb_per_s"] for x in r] for n, r in runs.items()},
+        "median_cpu_s_per_gb": {
+            n: {
+                side: statistics.median(x[f"{side}_cpu_s_per_gb"] for x in r)
+                for side in ("reader", "server")
+            }
+            for n, r in runs.items()
+        },
     }
+    median = {n: statistics.median(x["mb_per_s"] for x in r) for n, r in runs.items()}
+    result["median_ratio_webdataset_server_to_webdataset_disk"] = round(
+        median["webdataset_server"] / median["webdataset_disk"], 3
+    )
     for server_way, disk_way in [
-        ("webdataset_server", "webdataset_disk"),
-        ("webdataset_server", "webdataset_pipe_disk"),
+        ("webdataset_server", "webdataset_disk"),  # the issue's ratio (>= 0.8)
+        ("webdataset_server_curl", "webdataset_disk"),
+        ("webdataset_server_curl", "webdataset_pipe_disk"),
         ("bytes_server", "bytes_disk"),
         ("bytes_server_cold", "bytes_disk_cold"),
     ]:

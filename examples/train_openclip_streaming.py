@@ -13,8 +13,12 @@ several joined with `::`) and runs `open_clip_train.main.main` in this process w
 after `--`, unchanged (the trainer's argparse keeps the last value of a flag given twice,
 so a user's `--train-num-samples` wins over the manifest's).
 
-Shard URLs webdataset 0.2.86 opens (webdataset/gopen.py): http(s):// through `curl -f -s -L`
-(a child process per shard), local paths, gs:// through `gsutil cat`, `pipe:COMMAND`. s3://
+Shard URLs webdataset 0.2.86 opens (webdataset/gopen.py): http(s)://, local paths, gs://
+through `gsutil cat`, `pipe:COMMAND`. webdataset's own http(s) opener is a `curl -f -s -L`
+child process per shard; this script registers transforms/shard/http_stream.py's Python
+reader for http(s) instead (large socket reads, keep-alive, resuming a dropped connection
+with Range), in this process, so the trainer's dataloader workers (forked) use it too;
+`--curl` keeps webdataset's curl pipe (the fallback). s3://
 is not one of them: it is rewritten to `pipe:aws s3 cp s3://... -`. A shard that fails
 to open or breaks mid-stream is only a warning in OpenCLIP's trainer ("Handling webdataset
 error ... Ignoring"), and a run whose every shard fails trains on nothing (or spins, with
@@ -173,9 +177,10 @@ def _check_one(url: str) -> str | None:
     return "empty" if os.path.getsize(url) == 0 else None
 
 
-def check_shards(urls: list[str]) -> None:
+def check_shards(urls: list[str], curl: bool = False) -> None:
     """SourceError naming the first shard that cannot be streamed (and how many cannot)."""
-    if any(u.startswith(("http://", "https://")) for u in urls) and not shutil.which("curl"):
+    web = any(u.startswith(("http://", "https://")) for u in urls)
+    if curl and web and not shutil.which("curl"):
         raise SourceError("webdataset streams http(s) shards through curl, which is not installed")
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
         problems = [(u, p) for u, p in zip(urls, pool.map(_check_one, urls), strict=True) if p]
@@ -206,12 +211,17 @@ def register_tiny_model() -> None:
     open_clip.add_model_config(path)
 
 
-def train(argv: list[str], tiny: bool) -> int:
+def train(argv: list[str], tiny: bool, curl: bool = False) -> int:
     # The PyPI torchvision wheel does not load on the CPU torch this project pins; the shim
     # must run before anything imports torchvision (open_clip does).
     from transforms.embed.torch_shim import ensure_torchvision
 
     ensure_torchvision()
+    if not curl:
+        # Before the trainer builds its WebDataset: its (forked) dataloader workers inherit it.
+        from transforms.shard.http_stream import use_http_stream
+
+        use_http_stream()
     if tiny:
         register_tiny_model()
     from open_clip_train.main import main as trainer_main
@@ -245,6 +255,11 @@ def parser() -> argparse.ArgumentParser:
         help="where <group>/<n>.tar lie (default: SERVER/shards, or DATASET/webdataset)",
     )
     p.add_argument("--tiny", action="store_true", help="CPU smoke run with a tiny ViT")
+    p.add_argument(
+        "--curl",
+        action="store_true",
+        help="stream http(s) shards with webdataset's curl pipe, not the Python reader",
+    )
     p.add_argument("--no_check", action="store_true", help="skip checking the shards first")
     p.add_argument("--dry_run", action="store_true", help="print the trainer's argv (JSON), stop")
     return p
@@ -265,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             base = args.shards_base or f"{args.dataset.rstrip('/')}/webdataset"
         train_data, samples, shards = training_source(manifest, base, groups)
         if not args.no_check and not args.dry_run:
-            check_shards(expand(train_data))
+            check_shards(expand(train_data), curl=args.curl)
     except SourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -275,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"streaming {shards} shards, {samples} samples: {train_data}", file=sys.stderr)
     print("open_clip_train.main " + " ".join(trainer), file=sys.stderr)
-    return train(trainer, args.tiny)
+    return train(trainer, args.tiny, curl=args.curl)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,12 @@ def run(argv=None) -> dict:
         # One process: the app holds the index in memory; see the README (Serve) to scale
         # out. uvicorn listens on the socket bound above.
         config = uvicorn.Config(app, workers=1, log_level=args.log_level.lower())
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn re-raises the Ctrl-C it shut down on (uvicorn.run swallows it too):
+            # a server stopped that way has done its job.
+            pass
     finally:
         sock.close()
     return {"balanced": True}

@@ -260,6 +260,11 @@ def run(argv=None, test_pipeline=None) -> dict:
         (s.shard, s.parquet_path, s.base, s.samples) for s in shard_ids(manifest) if s.samples > 0
     ]
     samples = total_samples(manifest)
+    if samples == 0 and not given.allow_empty:
+        raise UsageError(
+            f"--dataset: {dataset} holds no samples (its manifest.json lists none): nothing to "
+            "index; pass --allow_empty to write an empty index"
+        )
     files = sorted(f.uri for f in storage.glob(storage.join(embeddings, "embeddings", "*.parquet")))
     header = {
         "dataset": dataset,

@@ -11,6 +11,7 @@ the server starts.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from pipelines import flags
@@ -53,27 +54,58 @@ def parse(argv: list[str]):
     return args
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or SystemExit with one line (an unknown host, a port in
+    use or not ours to take). Bound before the index and model load, which can take long:
+    a port in use is said at once, and nothing claims to serve before it can."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise SystemExit(f"--host {host}: {getattr(err, 'strerror', None) or err}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
 def run(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    import uvicorn
-
-    from server.app import create_app
-    from server.index_files import IndexUnusable
-
+    sock = bind(args.host, args.port)
     try:
-        app = create_app(args.dataset, args.index, s3_config(args))
-    except IndexUnusable as err:
-        raise SystemExit(str(err)) from None
-    samples = app.state.index.samples
-    print(
-        f"biomedica serve: {args.dataset} ({samples} samples) at "
-        f"http://{args.host}:{args.port}/ (API docs: /docs)",
-        file=sys.stderr,
-        flush=True,
-    )
-    # One process: the app holds the index in memory; see the README (Serve) to scale out.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level.lower())
+        import uvicorn
+
+        from server.app import create_app
+        from server.index_files import IndexUnusable
+
+        try:
+            app = create_app(args.dataset, args.index, s3_config(args))
+        except IndexUnusable as err:
+            raise SystemExit(str(err)) from None
+        samples = app.state.index.samples
+        print(
+            f"biomedica serve: {args.dataset} ({samples} samples) at "
+            f"http://{args.host}:{args.port}/ (API docs: /docs)",
+            file=sys.stderr,
+            flush=True,
+        )
+        # One process: the app holds the index in memory; see the README (Serve) to scale
+        # out. uvicorn listens on the socket bound above.
+        config = uvicorn.Config(app, workers=1, log_level=args.log_level.lower())
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn re-raises the Ctrl-C it shut down on (uvicorn.run swallows it too):
+            # a server stopped that way has done its job.
+            pass
+    finally:
+        sock.close()
     return {"balanced": True}
 
 

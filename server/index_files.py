@@ -69,6 +69,11 @@ class Vectors:
     index: object  # the faiss index
     info: dict  # the manifest's vectors entry
     ivf: object | None  # the IVF part, where there is one (its nprobe is per search)
+    # IVF-PQ with re-ranking (`...,Refine(SQ8)`): the IndexRefine between the id map and the
+    # IVF, and the sample id of each vector in the order they were added (the ids the IVF
+    # itself holds are those positions, not sample ids).
+    refine: object | None = None
+    id_map: np.ndarray | None = None
 
     @property
     def nprobe(self) -> int | None:
@@ -145,7 +150,13 @@ class IndexFiles:
             ivf = faiss.extract_index_ivf(index)
         except RuntimeError:  # flat (or HNSW): no inverted lists
             ivf = None
-        return Vectors(kind, index, info, ivf)
+        refine = id_map = None
+        outer = faiss.downcast_index(index)
+        if isinstance(outer, (faiss.IndexIDMap2, faiss.IndexIDMap)):
+            inner = faiss.downcast_index(outer.index)
+            if isinstance(inner, faiss.IndexRefine):
+                refine, id_map = inner, faiss.vector_to_array(outer.id_map).astype(np.int64)
+        return Vectors(kind, index, info, ivf, refine, id_map)
 
     def close(self) -> None:
         if self._copy:

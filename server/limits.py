@@ -37,6 +37,12 @@ class Limits:
     # first this many matches in id order.
     max_keyword_matches: int = 100_000
     max_query_terms: int = 32  # words of a query the keyword index is asked for
+    # Queries embedded at once (uploads decoded, texts encoded). An upload within max_pixels
+    # still decodes to up to ~0.9 GB (a 10 kB PNG can claim 9000x9000 pixels) and seconds of
+    # CPU: unbounded, the server's threads would decode dozens at once and run out of
+    # memory. Requests beyond it wait their turn, at most embed_wait_seconds, then 503.
+    max_concurrent_embeds: int = 2
+    embed_wait_seconds: float = 30.0
 
 
 def check_k(k: int, limits: Limits) -> int:

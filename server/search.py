@@ -22,8 +22,10 @@ Limits.max_keyword_scan of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 import time
 from urllib.parse import quote
 
@@ -85,58 +87,57 @@ def _selector_bits(mask: np.ndarray) -> np.ndarray:
     return np.packbits(mask.astype(bool, copy=False), bitorder="little")
 
 
+def search_parameters(vectors: Vectors, nprobe: int | None, mask: np.ndarray | None, keep: list):
+    """faiss SearchParameters for one search of `vectors`: the IVF's nprobe and the filter.
+
+    The id map (IDMap2) translates a selector of sample ids for the index it wraps, but
+    only the top-level one: under IVF-PQ with re-ranking (IndexRefine, which refuses any
+    parameters but its own) the filter goes to the IVF inside, over the positions the IVF
+    holds (mask[id_map]). `keep` holds what faiss only points at, for the search's length.
+    """
+    import faiss
+
+    def bitmap(bits: np.ndarray):
+        packed = _selector_bits(bits)
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(packed))
+        keep.extend((packed, selector))
+        return selector
+
+    if vectors.refine is not None:
+        base = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        if mask is not None:
+            base.sel = bitmap(mask[vectors.id_map])
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = float(vectors.refine.k_factor)
+        params.base_index_params = base
+        keep.append(base)
+        return params
+    selector = bitmap(mask) if mask is not None else None
+    if vectors.ivf is not None:
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        if selector is not None:
+            params.sel = selector
+        return params
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
 def vector_search(
     vectors: Vectors, query: np.ndarray, k: int, mask: np.ndarray | None
 ) -> list[tuple[int, float]]:
     """The k nearest samples (id, inner product) that `mask` admits (all without one)."""
-    import faiss
-
     query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
     k = min(k, vectors.index.ntotal)
     if k < 1:
         return []
-    bits = _selector_bits(mask) if mask is not None else None
-    # The selector holds a raw pointer into `bits`: it must outlive the search (it does: a
-    # local of this frame).
-    selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)) if bits is not None else None
     nprobe = vectors.nprobe or (vectors.ivf.nprobe if vectors.ivf is not None else None)
     while True:
-        params, _held = search_parameters(vectors.index, nprobe, selector)
+        keep: list = []  # the selector's bits and objects: alive until the search returns
+        params = search_parameters(vectors, nprobe, mask, keep)
         distances, ids = vectors.index.search(query, k, params=params)
         found = [(int(i), float(d)) for i, d in zip(ids[0], distances[0], strict=True) if i >= 0]
         if len(found) >= k or vectors.ivf is None or nprobe >= vectors.ivf.nlist:
             return found
         nprobe = min(vectors.ivf.nlist, nprobe * 4)
-
-
-def search_parameters(index, nprobe: int | None, selector) -> tuple[object, tuple]:
-    """faiss SearchParameters for the index shapes `biomedica index` writes (IDMap2 over Flat,
-    over IVF-PQ, or over Refine(IVF-PQ)), and the objects they point to, which the caller
-    keeps alive for the search (SWIG holds raw pointers).
-
-    IDMap2 translates a selector of sample ids into its own positions only at the top level;
-    IndexRefine insists on its own parameter type and hands the IVF part only its
-    `base_index_params`, so there the selector is translated by hand, and the index's own
-    k_factor is passed on (the parameters' default, 1, would switch re-ranking off)."""
-    import faiss
-
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(inner, faiss.IndexRefine):
-        base = faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
-        translated = None
-        if selector is not None:
-            translated = faiss.IDSelectorTranslated(index.id_map, selector)
-            base.sel = translated
-        params = faiss.IndexRefineSearchParameters(
-            k_factor=float(inner.k_factor), base_index_params=base
-        )
-        return params, (base, translated)
-    if nprobe is not None:
-        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-        if selector is not None:
-            params.sel = selector
-        return params, ()
-    return (faiss.SearchParameters(sel=selector) if selector is not None else None), ()
 
 
 def _labels(text) -> list[str]:
@@ -188,6 +189,20 @@ class Searcher:
         ]
         self.semantic_available = bool(embedder is not None and embedder.has_text)
         self._facets: dict | None = None
+        self._embed_slots = threading.BoundedSemaphore(max(1, limits.max_concurrent_embeds))
+
+    @contextlib.contextmanager
+    def embedding(self):
+        """One of Limits.max_concurrent_embeds slots for embedding a query (see Limits);
+        503 server_busy after embed_wait_seconds without one."""
+        if not self._embed_slots.acquire(timeout=self.limits.embed_wait_seconds):
+            raise ApiError(
+                503, "server_busy", "too many image or text queries at once; try again shortly"
+            )
+        try:
+            yield
+        finally:
+            self._embed_slots.release()
 
     # ---- filters ------------------------------------------------------------------------
 
@@ -239,7 +254,8 @@ class Searcher:
         if words:
             lists.append(("keyword", self.keyword(q, k, mask)))
         if use_semantic:
-            vector = self.embedder.embed_texts([q])[0]
+            with self.embedding():
+                vector = self.embedder.embed_texts([q])[0]
             for vectors in self.text_vectors:
                 lists.append(("semantic", [s for s, _ in vector_search(vectors, vector, k, mask)]))
         hits = self._hits(fuse(lists, k))
@@ -272,7 +288,8 @@ class Searcher:
         mask = self.mask(where)
         total = int(mask.sum()) if mask is not None else self.index.samples
         try:
-            vector = self.embedder.embed_images([data])[0]
+            with self.embedding():
+                vector = self.embedder.embed_images([data])[0]
         except ValueError as err:
             cause = err.__cause__
             if getattr(cause, "reason", "") == "image_too_large":

@@ -65,8 +65,9 @@ class Outcome:
 
 
 def join(samples: list[tuple[int, str]], rows: list[Vectors]) -> list[Outcome]:
-    """The outcome of each sample of a key (a dataset has each key once; if it had one
-    twice, each sample is judged alone) or, with no sample, the count of unused rows."""
+    """The outcome of each sample of a key (a dataset has each key once: the index job
+    refuses one that has a key twice, steps.DuplicateKey) or, with no sample, the count of
+    unused rows."""
     if not samples:
         return [Outcome(None, unused=len(rows))]
     out = []

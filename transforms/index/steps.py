@@ -41,6 +41,13 @@ class DatasetMismatch(ValueError):
     """The dataset's Parquet index does not hold what its manifest says."""
 
 
+class DuplicateKey(DatasetMismatch):
+    """Two samples of the dataset share a key. The index refuses the dataset rather than
+    dead-lettering one of them: a key names one sample (`/samples/{key}`, the UNIQUE key
+    of samples.sqlite) and every sample id must have its row, so no index of it would be
+    whole. `biomedica shard` never writes such a dataset; a hand-made or damaged one can."""
+
+
 class ReadSampleIds(beam.DoFn):
     """A shard (ShardIds as a tuple) -> (key, (sample id, its Parquet file)) per row."""
 
@@ -129,7 +136,15 @@ class JoinVectors(beam.DoFn):
 
     def process(self, element):
         key, grouped = element
-        for outcome in join.join(list(grouped["samples"]), list(grouped["rows"])):
+        samples = sorted(grouped["samples"])
+        if len(samples) > 1:
+            ids = ", ".join(str(sample_id) for sample_id, _ in samples[:5])
+            files = ", ".join(sorted({uri for _, uri in samples}))
+            raise DuplicateKey(
+                f"the dataset holds key {key!r} {len(samples)} times (sample ids {ids}; in "
+                f"{files}): a dataset's keys must be unique; rebuild it with `biomedica shard`"
+            )
+        for outcome in join.join(samples, list(grouped["rows"])):
             if outcome.sample is None:
                 if outcome.unused:
                     yield beam.pvalue.TaggedOutput(
@@ -277,13 +292,15 @@ def assemble(
     vectors.finish(index)
     top = tops.get(kind)
     exact_ids = top[1] if top is not None else np.zeros((0, vectors.K), np.int64)
-    nprobe, recall = vectors.tune_nprobe(index, queries[kind], exact_ids, target)
+    nprobe, recall, k_factor = vectors.tune(index, queries[kind], exact_ids, target)
     if nprobe is not None and recall < target:
         log.warning(
-            "%s index: recall@10 %.3f at nprobe %d (every list) is below --recall_target %.2f",
+            "%s index: recall@10 %.3f at nprobe %d (every list, k_factor %s) is below "
+            "--recall_target %.2f",
             kind,
             recall,
             nprobe,
+            k_factor,
             target,
         )
     data = vectors.serialize(index)
@@ -291,6 +308,10 @@ def assemble(
         guard()
     storage.atomic_write(storage.join(output, layout.faiss_file(kind)), [data])
     described = {"name": kind, **trained[kind]["plan"], "count": int(index.ntotal)}
+    asked = described.get("k_factor")
+    if k_factor is not None and asked is not None and k_factor != asked:
+        # Widened by vectors.tune: the manifest says what the index file holds, and why.
+        described["k_factor"], described["k_factor_asked"] = k_factor, asked
     entry = layout.vector_entry(
         described, nprobe, trained[kind]["train"], recall, len(queries[kind])
     )

@@ -32,6 +32,10 @@ K = 10  # recall@K
 # k-means wants at least this many training points per list (faiss warns below it).
 POINTS_PER_LIST = 39
 MIN_NORM = 1e-6  # a vector shorter than this is "zero": it has no direction to compare
+# When every list probed misses the recall target, the re-ranking step is widened (k_factor
+# doubled) up to this: a search-time setting, stored in the index file, costing k_factor x k
+# refine-code distances a query (microseconds), where more PQ bytes would mean encoding again.
+MAX_K_FACTOR = 64
 
 
 @contextlib.contextmanager
@@ -347,3 +351,24 @@ def tune_nprobe(index, queries: np.ndarray, exact_ids: np.ndarray, target: float
         if chosen[1] >= target:
             break
     return chosen
+
+
+def tune(index, queries: np.ndarray, exact_ids: np.ndarray, target: float, k: int = K):
+    """tune_nprobe, and where even every list misses `target` on an index that re-ranks
+    (IndexRefine), the same again with k_factor doubled, up to MAX_K_FACTOR, until it is
+    reached. (nprobe, recall, k_factor: the one stored in `index`, None without refine)."""
+    import faiss
+
+    nprobe, recall = tune_nprobe(index, queries, exact_ids, target, k)
+    _, refine, _ = _parts(index) if nprobe is not None else (None, None, None)
+    if refine is None:
+        return nprobe, recall, None
+    best = (recall, nprobe, refine.k_factor)
+    while recall < target and refine.k_factor * 2 <= MAX_K_FACTOR:
+        refine.k_factor = refine.k_factor * 2
+        nprobe, recall = tune_nprobe(index, queries, exact_ids, target, k)
+        if recall > best[0]:
+            best = (recall, nprobe, refine.k_factor)
+    recall, nprobe, refine.k_factor = best
+    faiss.extract_index_ivf(index).nprobe = int(nprobe)
+    return nprobe, recall, int(refine.k_factor)

@@ -81,6 +81,24 @@ class Vectors:
         return int(value) if value else None
 
 
+def vectors_of(kind: str, index, info: dict) -> Vectors:
+    """A faiss index `biomedica index` wrote (IDMap2 over Flat, IVF-PQ or Refine(IVF-PQ)),
+    with the parts a search needs found once."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # flat (or HNSW): no inverted lists
+        ivf = None
+    refine = id_map = None
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, (faiss.IndexIDMap2, faiss.IndexIDMap)):
+        inner = faiss.downcast_index(outer.index)
+        if isinstance(inner, faiss.IndexRefine):
+            refine, id_map = inner, faiss.vector_to_array(outer.id_map).astype(np.int64)
+    return Vectors(kind, index, info, ivf, refine, id_map)
+
+
 def _is_local(uri: str) -> bool:
     return "://" not in uri
 
@@ -146,17 +164,7 @@ class IndexFiles:
             raise IndexUnusable(f"{path} is not a faiss index: {err}") from None
         if "dim" in info and index.d != int(info["dim"]):
             raise IndexUnusable(f"{path}: {index.d} dimensions, the manifest says {info['dim']}")
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:  # flat (or HNSW): no inverted lists
-            ivf = None
-        refine = id_map = None
-        outer = faiss.downcast_index(index)
-        if isinstance(outer, (faiss.IndexIDMap2, faiss.IndexIDMap)):
-            inner = faiss.downcast_index(outer.index)
-            if isinstance(inner, faiss.IndexRefine):
-                refine, id_map = inner, faiss.vector_to_array(outer.id_map).astype(np.int64)
-        return Vectors(kind, index, info, ivf, refine, id_map)
+        return vectors_of(kind, index, info)
 
     def close(self) -> None:
         if self._copy:

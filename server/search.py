@@ -92,8 +92,8 @@ def search_parameters(vectors: Vectors, nprobe: int | None, mask: np.ndarray | N
 
     The id map (IDMap2) translates a selector of sample ids for the index it wraps, but
     only the top-level one: under IVF-PQ with re-ranking (IndexRefine, which refuses any
-    parameters but its own) the filter goes to the IVF inside, over the positions the IVF
-    holds (mask[id_map]). `keep` holds what faiss only points at, for the search's length.
+    parameters but its own) the filter goes to the IVF inside, translated from the positions
+    the IVF holds to sample ids. `keep` holds what faiss only points at, for the search's length.
     """
     import faiss
 
@@ -106,7 +106,11 @@ def search_parameters(vectors: Vectors, nprobe: int | None, mask: np.ndarray | N
     if vectors.refine is not None:
         base = faiss.SearchParametersIVF(nprobe=int(nprobe))
         if mask is not None:
-            base.sel = bitmap(mask[vectors.id_map])
+            # The IVF numbers vectors by position; the id map's own translator tests a
+            # position's sample id against the mask (no per-search array over all vectors).
+            translated = faiss.IDSelectorTranslated(vectors.index.id_map, bitmap(mask))
+            keep.append(translated)
+            base.sel = translated
         params = faiss.IndexRefineSearchParameters()
         params.k_factor = float(vectors.refine.k_factor)
         params.base_index_params = base

@@ -682,7 +682,7 @@ def test_vector_search_with_a_filter_on_every_index_shape_index_writes(refine):
     vector is its nearest. Sample ids are not positions: every third id has no vector."""
     import faiss
 
-    from server.index_files import Vectors
+    from server.index_files import vectors_of
     from server.search import vector_search
     from transforms.index import vectors as index_vectors
 
@@ -700,12 +700,7 @@ def test_vector_search_with_a_filter_on_every_index_shape_index_writes(refine):
     index_vectors.finish(index)
     index_vectors.set_nprobe(index, 8 if p.kind == "ivfpq" else None)
     index = faiss.deserialize_index(faiss.serialize_index(index))  # as serve reads it
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    info = {"nprobe": 8} if ivf is not None else {}
-    vectors = Vectors("image", index, info, ivf)
+    vectors = vectors_of("image", index, {"nprobe": 8} if p.kind == "ivfpq" else {})
     for i in range(0, count, 97):
         # PQ codes alone (refine none) are approximate: the own vector is among the nearest.
         near = [h for h, _ in vector_search(vectors, data[i], 10 if refine == "none" else 1, None)]

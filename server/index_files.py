@@ -224,20 +224,32 @@ class IndexFiles:
         (the first in id order: FTS5 has no early exit for a ranked query, and a common word
         matches most of a dataset), and under a mask at most `scan` hits are walked."""
         weights = ", ".join(str(w) for w in BM25_WEIGHTS)
-        limit = k if mask is None else max(k, scan)
-        cursor = self.conn().execute(
+        sql = (
             f"SELECT id FROM (SELECT rowid AS id, bm25(samples_fts, {weights}) AS score "
-            f"FROM samples_fts WHERE samples_fts MATCH ? LIMIT ?) ORDER BY score, id LIMIT ?",
-            (expression, matches, limit),
+            f"FROM samples_fts WHERE samples_fts MATCH ? LIMIT ?) ORDER BY score, id LIMIT ?"
         )
+        if mask is None:
+            limits = [k]
+        else:
+            # Ask first for about twice the hits k admitted ones take at the mask's share (a
+            # small top-N sort), and walk up to `scan` only when that falls short.
+            share = max(np.count_nonzero(mask) / max(len(mask), 1), 1e-9)
+            first = min(scan, max(k, int(2 * k / share) + k))
+            limits = [first] if first >= scan else [first, scan]
         out: list[int] = []
-        while len(out) < k and (page := cursor.fetchmany(256)):
-            for (sample,) in page:
-                if mask is None or (0 <= sample < len(mask) and mask[sample]):
-                    out.append(int(sample))
-                    if len(out) == k:
-                        break
-        cursor.close()
+        for limit in limits:
+            out, walked = [], 0
+            cursor = self.conn().execute(sql, (expression, matches, limit))
+            while len(out) < k and (page := cursor.fetchmany(256)):
+                walked += len(page)
+                for (sample,) in page:
+                    if mask is None or (0 <= sample < len(mask) and mask[sample]):
+                        out.append(int(sample))
+                        if len(out) == k:
+                            break
+            cursor.close()
+            if len(out) >= k or walked < limit:  # enough, or every match was walked
+                break
         return out
 
     def column_counts(self, column: str) -> dict:

@@ -713,3 +713,25 @@ def test_vector_search_with_a_filter_on_every_index_shape_index_writes(refine):
         assert len(hits) == 10 and all(mask[h] for h, _ in hits), hits
     near = [h for h, _ in vector_search(vectors, data[7], 10, mask)]
     assert int(ids[7]) in near
+
+
+def test_keyword_under_a_mask_walks_further_when_the_first_page_falls_short(built):
+    """Under a filter the keyword index is asked first for a few more hits than the mask's
+    share needs; when the admitted ones rank lower than that, a second, longer walk finds
+    them (and the answer is the one an unbounded walk gives)."""
+    from server.index_files import IndexFiles
+
+    index = IndexFiles(str(built["idx"]))
+    conn = index.conn()
+    counts: Counter = Counter()
+    for row in built["rows"]:
+        counts.update(set(_words(row["caption"])))
+    word = next(w for w, n in counts.most_common() if n >= 10 and len(w) > 3)
+    expression = match_expression(word, 32)
+    ranked = index.keyword(expression, 100, None, 20_000, 100_000)
+    assert len(ranked) >= 10
+    mask = np.ones(len(built["rows"]), dtype=bool)
+    mask[ranked] = False  # every sample admitted but those the word matches ...
+    mask[ranked[-1]] = True  # ... and the match ranked last
+    assert index.keyword(expression, 1, mask, 20_000, 100_000) == [ranked[-1]]
+    conn.close()

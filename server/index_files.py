@@ -29,30 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from transforms import storage
+from transforms.index import keyword
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SAMPLES_DB = "samples.sqlite"
 KINDS = ("image", "caption")
-# What a hit shows, from the samples table (one query per search, by id).
-HIT_COLUMNS = (
-    "id",
-    "key",
-    "shard",
-    "tar_offset",
-    "tar_size",
-    "caption",
-    "article_title",
-    "article_journal",
-    "article_year",
-    "article_license",
-    "article_license_group",
-    "article_accession_id",
-    "image_primary_label",
-    "image_secondary_label",
-    "image_cluster_id",
-)
+# What a hit shows, from the samples table (one query per search, by id): every column
+# the index job writes there but the in-line references, which only the FTS index needs.
+HIT_COLUMNS = ("id", *(c for c in keyword.PARQUET_COLUMNS if c != "image_context"))
 # bm25 weights of the FTS columns (caption, image_context, article_title): a word of the
 # caption says most about the figure; the title is shared by all of an article's figures.
 BM25_WEIGHTS = (1.0, 0.5, 0.5)

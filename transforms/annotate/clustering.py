@@ -11,7 +11,6 @@ same bytes on every machine. Beam parallelises across workers instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from transforms import storage
+from transforms.faiss_threads import one_thread
 
 FORMAT_VERSION = 1
 MODEL_FILE = f"cluster_model-v{FORMAT_VERSION}.faiss"
@@ -39,19 +39,6 @@ log = logging.getLogger(__name__)
 
 class ModelMismatch(ValueError):
     """A saved model made for other embeddings (another model id, dimension or weights)."""
-
-
-@contextlib.contextmanager
-def one_thread():
-    """faiss on one OpenMP thread for the block (see the module doc), then as before."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def seed_centroids(points: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -15,12 +15,13 @@ same index bytes on any machine and runner; the parallelism comes from Beam's wo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from transforms.faiss_threads import one_thread
 
 FLAT = "flat"
 IVFPQ = "ivfpq"
@@ -36,19 +37,6 @@ MIN_NORM = 1e-6  # a vector shorter than this is "zero": it has no direction to 
 # doubled) up to this: a search-time setting, stored in the index file, costing k_factor x k
 # refine-code distances a query (microseconds), where more PQ bytes would mean encoding again.
 MAX_K_FACTOR = 64
-
-
-@contextlib.contextmanager
-def one_thread():
-    """faiss on one OpenMP thread for the block, then as before (see the module doc)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 # ---- checking one vector -------------------------------------------------------------

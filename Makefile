@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) -m pipelines.run --source data/sample --output out/demo --overwrite \
 	  --medline 'data/sample/pubmed/*.xml.gz' --clusters 16 --samples_per_shard 100
 	@echo
-	@echo "stages:   out/demo/{extract,enrich,embed,annotate,dataset} (each re-runs alone)"
+	@echo "stages:   out/demo/{extract,enrich,embed,annotate,dataset,index} (each re-runs alone)"
 	@echo "articles: out/demo/enrich/extract/articles (with MeSH terms from data/sample/pubmed)"
 	@echo "dataset:  out/demo/dataset/webdataset (shards), out/demo/dataset/parquet (index)"
 	@echo "card:     out/demo/dataset/README.md"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -150,3 +151,14 @@ def json_samples(dataset: Path) -> dict[str, dict]:
     """{key: sample JSON} of a dataset's shards."""
     samples = (json.loads(data) for data in shard_members(dataset, ".json").values())
     return {meta["key"]: meta for meta in samples}
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
+    """condition()'s first true value within `timeout` seconds (browser tests poll pages)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

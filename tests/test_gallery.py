@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PMC, REPO, SHARED, free_port
+from conftest import PMC, REPO, SHARED, free_port, wait_for
 from PIL import Image, ImageDraw
 
 from transforms.annotate.gallery import build_gallery, embed_json
@@ -260,16 +260,6 @@ def screenshot(browser, path: Path, keep_as: str | None = None) -> None:
 
 def severe(browser) -> list[dict]:
     return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def open_fresh(browser, url: str) -> None:

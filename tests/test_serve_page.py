@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, read_table, run_extract
+from conftest import REPO, free_port, read_table, run_extract, wait_for
 
 from pipelines import annotate, embed, shard
 from transforms.pmc.sample_corpus import generate_corpus
@@ -179,16 +179,6 @@ def browser():
         yield driver
     finally:
         driver.quit()
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def searches(driver) -> int:

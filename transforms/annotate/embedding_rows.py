@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from transforms.embed.files import vector_rows
 from transforms.records import EMBEDDING_MODEL, IMAGE_EMBEDDING
 from transforms.sinks import read_parquet
 
@@ -43,21 +44,16 @@ def read_table(uri: str) -> pa.Table:
     return next(read_parquet(uri, columns=COLUMNS))
 
 
-def _vectors(column: pa.ChunkedArray, dim: int) -> list[np.ndarray | None]:
-    """Each row's vector as float32 (None where the row holds none). A fixed-size list
-    column is mapped as one array; any other list type is read row by row."""
-    column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_fixed_size_list(column.type) and pa.types.is_floating(column.type.value_type):
-        width = column.type.list_size
-        values = column.values.slice(column.offset * width, len(column) * width)
-        flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        matrix = flat.reshape(len(column), width) if width else flat.reshape(len(column), 0)
-        nulls = column.is_null().to_pylist() if column.null_count else [False] * len(column)
-        return [None if null else matrix[i] for i, null in enumerate(nulls)]
+def _vectors(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """Each row's vector as float32 (None where the row holds none); a value that is no
+    list of numbers becomes an empty vector (a wrong dimension)."""
     out = []
-    for value in column.to_pylist():
+    for value in vector_rows(column):
+        if value is None or isinstance(value, np.ndarray):
+            out.append(value)
+            continue
         try:
-            out.append(None if value is None else np.asarray(value, dtype=np.float32))
+            out.append(np.asarray(value, dtype=np.float32))
         except (TypeError, ValueError):
             out.append(np.zeros(0, np.float32))
     return out
@@ -73,7 +69,7 @@ def check_rows(table: pa.Table, model_id: str, dim: int) -> CheckedRows:
         return checked
     keys = table.column("key").to_pylist()
     models = table.column(EMBEDDING_MODEL).to_pylist()
-    vectors = _vectors(table.column(IMAGE_EMBEDDING), dim)
+    vectors = _vectors(table.column(IMAGE_EMBEDDING))
     kept = []
     seen: set[str] = set()
     for key, model, vector in zip(keys, models, vectors, strict=True):

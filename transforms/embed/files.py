@@ -145,6 +145,25 @@ def write_table(table: pa.Table, directory: str, name: str, guard=None) -> None:
     sinks.write_parquet(storage.join(directory, name), table, guard)
 
 
+def vector_rows(column: pa.ChunkedArray | pa.Array) -> list:
+    """Each row of an embeddings file's vector column: a float32 numpy row (None where
+    null) for the fixed-size float list embed writes, mapped as one array; any other column
+    type as its Python values, left for the reader to check."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type)):
+        return column.to_pylist()
+    width = kind.list_size
+    flat = column.values.slice(column.offset * width, len(column) * width)
+    matrix = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    matrix = matrix.reshape(len(column), width)
+    if not column.null_count:
+        return list(matrix)
+    nulls = column.is_null().to_numpy(zero_copy_only=False)
+    return [None if nulls[i] else matrix[i] for i in range(len(column))]
+
+
 def model_record(
     model: str, weights: str, info: dict, source: str, extra: dict | None = None
 ) -> dict:

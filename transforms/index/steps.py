@@ -18,9 +18,9 @@ import tempfile
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 
 from transforms import progress, storage
+from transforms.embed.files import vector_rows
 from transforms.index import join, keyword, layout, vectors
 from transforms.index.ids import ShardIds
 from transforms.outcomes import dead
@@ -111,20 +111,8 @@ class ReadEmbeddings(beam.DoFn):
 
 
 def _column(table, name: str):
-    """A vector column as a list of numpy arrays (None where null); None if absent. A
-    fixed-size float list column (what embed writes) is mapped as one array."""
-    if name not in table.column_names:
-        return None
-    column = table.column(name).combine_chunks()
-    kind = column.type
-    if pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type):
-        width = kind.list_size
-        flat = column.values.slice(column.offset * width, len(column) * width)
-        matrix = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        matrix = matrix.reshape(len(column), width)
-        nulls = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
-        return [None if nulls is not None and nulls[i] else matrix[i] for i in range(len(column))]
-    return column.to_pylist()
+    """A vector column's rows (transforms.embed.files.vector_rows); None if absent."""
+    return vector_rows(table.column(name)) if name in table.column_names else None
 
 
 class JoinVectors(beam.DoFn):

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
-from pipelines.flags import UsageError
+from pipelines.flags import UsageError, require_at_least
 from pipelines.options import AnnotateOptions, EmbeddingsInputOptions, InputOptions, RunOptions
 from pipelines.runner import (
     REPORT,
@@ -178,14 +178,14 @@ def check_zero_shot_weights(embeddings: str, info: dict) -> None:
 
 
 def check_values(opts: AnnotateOptions) -> None:
-    for flag, value, least in (
-        ("clusters", opts.clusters, 1),
-        ("pca_dims", opts.pca_dims, 1),
-        ("cluster_sample", opts.cluster_sample, 1),
-        ("gallery_members", opts.gallery_members, 0),
-    ):
-        if value < least:
-            raise UsageError(f"--{flag} must be at least {least}, got {value}")
+    require_at_least(
+        (
+            ("clusters", opts.clusters, 1),
+            ("pca_dims", opts.pca_dims, 1),
+            ("cluster_sample", opts.cluster_sample, 1),
+            ("gallery_members", opts.gallery_members, 0),
+        )
+    )
 
 
 def reused_model(uri: str, info: dict) -> dict:

@@ -27,6 +27,13 @@ class UsageError(SystemExit):
         return self.message
 
 
+def require_at_least(bounds) -> None:
+    """UsageError for the first (flag, value, least) whose value is below its least."""
+    for flag, value, least in bounds:
+        if value < least:
+            raise UsageError(f"--{flag} must be at least {least}, got {value}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit; we want one line
         raise UsageError(message)

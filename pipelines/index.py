@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines import options as flags
-from pipelines.flags import UsageError
+from pipelines.flags import UsageError, require_at_least
 from pipelines.options import (
     DatasetInputOptions,
     EmbeddingsInputOptions,
@@ -64,17 +64,17 @@ STAGE_TERMS = {
 
 
 def check_values(opts: IndexOptions) -> None:
-    for flag, value, least in (
-        ("exact_below", opts.exact_below, 0),
-        ("train_sample", opts.train_sample, 1),
-        ("nlist", opts.nlist, 0),
-        ("pq_m", opts.pq_m, 0),
-        ("k_factor", opts.k_factor, 1),
-        ("recall_queries", opts.recall_queries, 1),
-        ("partition_size", opts.partition_size, 1),
-    ):
-        if value < least:
-            raise UsageError(f"--{flag} must be at least {least}, got {value}")
+    require_at_least(
+        (
+            ("exact_below", opts.exact_below, 0),
+            ("train_sample", opts.train_sample, 1),
+            ("nlist", opts.nlist, 0),
+            ("pq_m", opts.pq_m, 0),
+            ("k_factor", opts.k_factor, 1),
+            ("recall_queries", opts.recall_queries, 1),
+            ("partition_size", opts.partition_size, 1),
+        )
+    )
     if not 0 < opts.recall_target <= 1:
         raise UsageError(f"--recall_target must be in (0, 1], got {opts.recall_target}")
 

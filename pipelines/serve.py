@@ -16,7 +16,7 @@ import sys
 
 from pipelines import flags
 from pipelines.runner import main_of
-from transforms.pmc.discover import s3_config
+from transforms.pmc.discover import add_s3_anonymous, s3_config
 
 MAX_PORT = 65535
 
@@ -35,12 +35,7 @@ def add_flags(parser) -> None:
     reading.add_argument(
         "--s3_endpoint_url", help="S3 endpoint for s3:// URIs (a mirror or a local server)"
     )
-    reading.add_argument(
-        "--s3_anonymous",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="read s3:// unsigned (auto: unsigned when no AWS credentials are configured)",
-    )
+    add_s3_anonymous(reading)
     flags.add_log_level(group)
 
 

@@ -575,12 +575,7 @@ class Discover(beam.PTransform):
             help="a source with nothing in it (or nothing selected) is not an error",
         )
         # --s3_endpoint_url (mirrors, local servers) is Beam's own S3Options flag.
-        group.add_argument(
-            "--s3_anonymous",
-            default="auto",
-            choices=("auto", "true", "false"),
-            help="read s3:// unsigned; auto: unsigned unless credentials are configured",
-        )
+        add_s3_anonymous(group)
 
     @classmethod
     def from_args(cls, args) -> Discover:
@@ -742,6 +737,16 @@ def _not_requested(kv) -> Filtered:
 
 def _wanted(kv, selection: Selection) -> bool:
     return selection.wants_pmcid(kv[0])
+
+
+def add_s3_anonymous(group) -> None:
+    """--s3_anonymous, read by s3_config (extract's, and serve's, which is no Beam job)."""
+    group.add_argument(
+        "--s3_anonymous",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="read s3:// unsigned; auto: unsigned unless credentials are configured",
+    )
 
 
 def s3_config(args) -> storage.S3Config:

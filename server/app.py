@@ -80,12 +80,11 @@ def create_app(
     from server.dataset import DatasetFiles
 
     index = IndexFiles(index_uri, s3)
-    check_dataset(index, dataset_uri, s3)
-    files = DatasetFiles(dataset_uri, s3)
-    if files.samples != index.samples:
-        raise IndexUnusable(
-            f"{dataset_uri} holds {files.samples} samples, index {index_uri} {index.samples}"
-        )
+    try:
+        files = DatasetFiles(dataset_uri, s3)
+    except Exception as err:
+        raise IndexUnusable(f"{dataset_uri} is not a dataset: manifest.json: {err}") from None
+    check_dataset(index, files)
     searcher = Searcher(files, index, load_embedder(index, s3, limits), limits)
     searcher.facets()  # one pass over the samples table now, not on a first request
 

@@ -12,6 +12,7 @@ index of a shard likewise (502, naming the shard). Nothing here ends the process
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -50,12 +51,29 @@ def _missing(err: Exception) -> bool:
     return type(err).__name__ == "NotFound"  # google.api_core.exceptions.NotFound
 
 
+def _chunks(stream, size: int, name: str) -> Iterator[bytes]:
+    """`size` bytes of an open stream, at most CHUNK at a time; the stream is closed when
+    they are read or the reader stops early. OSError if it ends short."""
+    try:
+        left = size
+        while left:
+            data = stream.read(min(CHUNK, left))
+            if not data:
+                raise OSError(f"{name} ended {left} bytes early")
+            left -= len(data)
+            yield data
+    finally:
+        stream.close()
+
+
 class DatasetFiles:
     """One dataset (the output of `biomedica shard` or `subset`), read-only."""
 
     def __init__(self, uri: str, s3: S3Config = S3Config()):
         self.uri, self.s3 = uri, s3
-        self.manifest = json.loads(storage.read_bytes(storage.join(uri, "manifest.json"), s3))
+        raw = storage.read_bytes(storage.join(uri, "manifest.json"), s3)
+        self.manifest = json.loads(raw)
+        self.manifest_sha256 = hashlib.sha256(raw).hexdigest()  # what an index records
         self.shards: list[ShardIds] = shard_ids(self.manifest)
         self.samples: int = total_samples(self.manifest)
         self.groups: dict = self.manifest.get("groups", {})
@@ -152,17 +170,7 @@ class DatasetFiles:
             handle.close()
             raise
 
-        def chunks():
-            with handle:
-                left = size
-                while left:
-                    data = handle.read(min(CHUNK, left))
-                    if not data:
-                        raise OSError(f"{path} ended {left} bytes early")
-                    left -= len(data)
-                    yield data
-
-        return chunks()
+        return _chunks(handle, size, path)
 
     def _open_s3(self, uri: str, offset: int, size: int, total: int) -> Iterator[bytes]:
         bucket, key = storage.split_s3(uri)
@@ -184,19 +192,7 @@ class DatasetFiles:
             body.close()
             raise
 
-        def chunks():
-            try:
-                left = size
-                while left:
-                    data = body.read(min(CHUNK, left))
-                    if not data:
-                        raise OSError(f"{uri} ended {left} bytes early")
-                    left -= len(data)
-                    yield data
-            finally:
-                body.close()
-
-        return chunks()
+        return _chunks(body, size, uri)
 
     def _gcs_blob(self, uri: str):
         if self._gcs_client is None:

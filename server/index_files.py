@@ -16,7 +16,6 @@ files only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -259,24 +258,18 @@ class IndexFiles:
         return counts
 
 
-def manifest_sha256(dataset_uri: str, s3: storage.S3Config = storage.S3Config()) -> str:
-    """sha256 of a dataset's manifest.json bytes: what IDX/manifest.json records."""
-    data = storage.read_bytes(storage.join(dataset_uri, MANIFEST), s3)
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_dataset(index: IndexFiles, dataset_uri: str, s3=storage.S3Config()) -> None:
-    """IndexUnusable when the index was built for another dataset (or another version of it)."""
-    want = index.manifest.get("dataset_manifest_sha256")
-    try:
-        have = manifest_sha256(dataset_uri, s3)
-    except Exception as err:
-        raise IndexUnusable(
-            f"{dataset_uri} is not a dataset: no readable {MANIFEST} ({err})"
-        ) from None
+def check_dataset(index: IndexFiles, files) -> None:
+    """IndexUnusable when the index was built for another dataset (or another version of
+    it): the sha256 of the dataset's manifest.json bytes (`files`, a
+    server.dataset.DatasetFiles) against what IDX/manifest.json records."""
+    want, have = index.manifest.get("dataset_manifest_sha256"), files.manifest_sha256
     if want != have:
         built = index.manifest.get("dataset") or "another dataset"
         raise IndexUnusable(
             f"index {index.uri} was built for another dataset ({built}, manifest sha256 "
-            f"{str(want)[:12]}...), not {dataset_uri} ({have[:12]}...)"
+            f"{str(want)[:12]}...), not {files.uri} ({have[:12]}...)"
+        )
+    if files.samples != index.samples:
+        raise IndexUnusable(
+            f"{files.uri} holds {files.samples} samples, index {index.uri} {index.samples}"
         )
